@@ -1,0 +1,133 @@
+"""The caching BlobDescriptorService middleware (distribution's cachedBlobStatter).
+
+One bounded TTL cache serves every repository of a storage and its global store,
+keyed by digest and then scope, so a global delete drops the digest everywhere.
+Only hits are cached; misses and errors always go to the service behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from .descriptor import Descriptor
+from .descriptors import BlobDescriptorService, validate_descriptor
+from .digests import parse_digest
+from .errors import BlobUnknown
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    errors: int = 0
+
+
+class _CountingTTLCache(TTLCache[str, dict[str, Descriptor]]):
+    def __init__(self, maxsize: int, ttl: float, stats: CacheStats) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl)
+        self._stats = stats
+
+    def popitem(self) -> tuple[str, dict[str, Descriptor]]:
+        item = super().popitem()
+        self._stats.evictions += 1
+        return item
+
+
+class DescriptorCacheFactory:
+    """``BlobDescriptorServiceFactory``: pass as ``S3BlobStorage(config,
+    descriptor_service_factory=DescriptorCacheFactory(maxsize=..., ttl=...))``.
+
+    ``maxsize`` counts digests; ``ttl`` (seconds) bounds how long another process's
+    delete can go unseen here. Deletes in this process invalidate at once.
+    """
+
+    def __init__(self, maxsize: int = 10_000, ttl: float = 60.0) -> None:
+        if maxsize < 1 or ttl <= 0:
+            raise ValueError("a descriptor cache needs maxsize >= 1 and ttl > 0")
+        self.stats = CacheStats()
+        self._cache = _CountingTTLCache(maxsize, ttl, self.stats)
+        self._lock = threading.Lock()
+        # Bumped by every clear: a stat that raced a clear must not put back what
+        # the clear removed.
+        self._generation = 0
+
+    def blob_access_controller(self, service: BlobDescriptorService) -> BlobDescriptorService:
+        return CachedDescriptors(self, service)
+
+    # Cache access, always under the lock and never around a call to S3.
+
+    def get(self, digest: str, scope: str) -> Descriptor | None:
+        with self._lock:
+            found = self._cache.get(digest, {}).get(scope)
+            if found is None:
+                self.stats.misses += 1
+            else:
+                self.stats.hits += 1
+            return found
+
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def put(self, digest: str, scope: str, descriptor: Descriptor, generation: int | None) -> None:
+        with self._lock:
+            if generation is not None and generation != self._generation:
+                return
+            scopes = dict(self._cache.get(digest, {}))
+            scopes[scope] = descriptor
+            self._cache[digest] = scopes
+
+    def invalidate(self, digest: str, scope: str) -> None:
+        """Drop ``digest`` for ``scope``; for the global scope (''), everywhere."""
+        with self._lock:
+            self._generation += 1
+            scopes = self._cache.pop(digest, None)
+            if scopes is not None and scope:
+                scopes.pop(scope, None)
+                if scopes:
+                    self._cache[digest] = scopes
+
+    def error(self) -> None:
+        with self._lock:
+            self.stats.errors += 1
+
+
+class CachedDescriptors:
+    """A descriptor service with the factory's cache in front of ``stat``."""
+
+    def __init__(self, factory: DescriptorCacheFactory, service: BlobDescriptorService) -> None:
+        self._factory = factory
+        self._service = service
+        self.scope = service.scope
+
+    def stat(self, digest: str) -> Descriptor:
+        key = str(parse_digest(digest))
+        cached = self._factory.get(key, self.scope)
+        if cached is not None:
+            return cached
+        generation = self._factory.generation()
+        try:
+            descriptor = self._service.stat(key)
+        except BlobUnknown:
+            raise
+        except Exception:
+            self._factory.error()
+            raise
+        self._factory.put(key, self.scope, descriptor, generation)
+        return descriptor
+
+    def set_descriptor(self, digest: str, descriptor: Descriptor) -> None:
+        validate_descriptor(digest, descriptor)
+        self._service.set_descriptor(digest, descriptor)
+        self._factory.put(str(parse_digest(digest)), self.scope, descriptor, None)
+
+    def clear(self, digest: str) -> None:
+        key = str(parse_digest(digest))
+        try:
+            self._service.clear(key)
+        finally:
+            self._factory.invalidate(key, self.scope)

@@ -1,0 +1,199 @@
+"""Configuration from ``S3BLOBS_*`` environment variables.
+
+Credentials are never read here: boto3 finds them through its own chain
+(environment, profile, instance role), so no Config can leak one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: S3's limits on the size of one part of a multipart upload.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+
+STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "REDUCED_REDUNDANCY",
+        "GLACIER_IR",
+        "EXPRESS_ONEZONE",
+    }
+)
+SSE_MODES = {"none": None, "aes256": "AES256", "aws:kms": "aws:kms", "kms": "aws:kms"}
+ADDRESSING_STYLES = frozenset({"auto", "virtual", "path"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_PREFIX_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything s3blobs needs to know about its bucket; see the README for each field."""
+
+    bucket: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    prefix: str = ""
+    part_size: int = 16 * MiB
+    max_concurrency: int = 4
+    redirect: bool = True
+    presign_expiry: int = 20 * 60
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    addressing_style: str = "auto"
+    cache_size: int = 10_000
+    cache_ttl: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Read every ``S3BLOBS_*`` variable; ``overrides`` win over the environment."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            raw = env.get(f"S3BLOBS_{name}", "").strip()
+            return parse(f"S3BLOBS_{name}", raw) if raw else default
+
+        values: dict[str, object] = {
+            "bucket": get("BUCKET", _text, ""),
+            "region": get("REGION", _text, None),
+            "endpoint_url": get("ENDPOINT_URL", _text, None),
+            "prefix": get("PREFIX", _text, ""),
+            "part_size": get("PART_SIZE", _size, cls.part_size),
+            "max_concurrency": get("MAX_CONCURRENCY", _int, cls.max_concurrency),
+            "redirect": get("REDIRECT", _bool, cls.redirect),
+            "presign_expiry": get("PRESIGN_EXPIRY", _int, cls.presign_expiry),
+            "storage_class": get("STORAGE_CLASS", _text, None),
+            "sse": get("SSE", _sse, None),
+            "sse_kms_key_id": get("SSE_KMS_KEY_ID", _text, None),
+            "addressing_style": get("ADDRESSING_STYLE", _text, cls.addressing_style),
+            "cache_size": get("CACHE_SIZE", _int, cls.cache_size),
+            "cache_ttl": get("CACHE_TTL", _float, cls.cache_ttl),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix as it stands before every key: empty, or ending in one '/'."""
+        return f"{self.prefix}/" if self.prefix else ""
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": MiB,
+    "mb": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gb": GiB,
+    "gib": GiB,
+}
+
+
+def _size(name: str, raw: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", raw)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"{name}={raw!r}: expected a size in bytes, or with KiB/MiB/GiB")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _bool(name: str, raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _sse(name: str, raw: str) -> str | None:
+    if raw.lower() not in SSE_MODES:
+        raise ConfigError(f"{name}={raw!r}: expected none, AES256 or aws:kms")
+    return SSE_MODES[raw.lower()]
+
+
+def _check(config: Config) -> None:
+    """Reject a value S3 or s3blobs would only trip over later, naming its variable."""
+    if not config.bucket:
+        raise ConfigError("S3BLOBS_BUCKET is required: the name of the bucket to store blobs in")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", config.bucket):
+        raise ConfigError(f"S3BLOBS_BUCKET={config.bucket!r}: not a valid S3 bucket name")
+    if config.endpoint_url and not re.match(r"https?://[^/\s]+", config.endpoint_url):
+        raise ConfigError(
+            f"S3BLOBS_ENDPOINT_URL={config.endpoint_url!r}: expected an http:// or https:// URL"
+        )
+    prefix = config.prefix.strip("/")
+    if prefix and not all(
+        _PREFIX_COMPONENT.fullmatch(part) and part not in (".", "..") for part in prefix.split("/")
+    ):
+        raise ConfigError(
+            f"S3BLOBS_PREFIX={config.prefix!r}: expected path components of "
+            "letters, digits, '.', '_' and '-', joined by '/'"
+        )
+    object.__setattr__(config, "prefix", prefix)
+    if not MIN_PART_SIZE <= config.part_size <= MAX_PART_SIZE:
+        raise ConfigError(
+            f"S3BLOBS_PART_SIZE={config.part_size}: S3 takes parts from 5 MiB to 5 GiB"
+        )
+    if not 1 <= config.max_concurrency <= 64:
+        raise ConfigError(f"S3BLOBS_MAX_CONCURRENCY={config.max_concurrency}: expected 1 to 64")
+    if not 1 <= config.presign_expiry <= 7 * 24 * 3600:
+        raise ConfigError(
+            f"S3BLOBS_PRESIGN_EXPIRY={config.presign_expiry}: expected 1 to 604800 seconds "
+            "(SigV4 presigned URLs last at most 7 days)"
+        )
+    if config.storage_class is not None and config.storage_class not in STORAGE_CLASSES:
+        raise ConfigError(
+            f"S3BLOBS_STORAGE_CLASS={config.storage_class!r}: expected one of "
+            + ", ".join(sorted(STORAGE_CLASSES))
+        )
+    if config.sse not in (None, "AES256", "aws:kms"):
+        raise ConfigError(f"S3BLOBS_SSE={config.sse!r}: expected none, AES256 or aws:kms")
+    if config.sse_kms_key_id and config.sse != "aws:kms":
+        raise ConfigError("S3BLOBS_SSE_KMS_KEY_ID is set, so S3BLOBS_SSE must be aws:kms")
+    if config.addressing_style not in ADDRESSING_STYLES:
+        raise ConfigError(
+            f"S3BLOBS_ADDRESSING_STYLE={config.addressing_style!r}: expected auto, virtual or path"
+        )
+    if config.cache_size < 0:
+        raise ConfigError(f"S3BLOBS_CACHE_SIZE={config.cache_size}: expected 0 (off) or more")
+    if config.cache_ttl <= 0:
+        raise ConfigError(f"S3BLOBS_CACHE_TTL={config.cache_ttl}: expected seconds > 0")

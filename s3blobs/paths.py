@@ -1,0 +1,128 @@
+"""Every S3 key s3blobs reads or writes is built here, and nowhere else.
+
+Layout, under the optional prefix::
+
+    blobs/<alg>/<hex[0:2]>/<hex>                a blob's entry: its bytes, or a pointer
+    data/<uuid>                                 the bytes of a blob uploaded in parts
+    repositories/<name>/_layers/<alg>/<hex>     link: the blob belongs to <name>
+    repositories/<name>/_manifests/...          revisions, tags and referrers
+    _uploads/<writer id>/state                  an open upload's state
+    _uploads/<writer id>/piece.<uuid>           a buffered tail, appended at each close
+
+Every argument arrives validated (digests by :mod:`digests`, names by :mod:`names`,
+writer ids by :func:`check_upload_token`), so no key can escape its place.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from .digests import Digest, parse_digest
+
+UPLOADS = "_uploads/"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,1024}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def is_valid_upload_token(token: object) -> bool:
+    """True for a string that can be a writer id (URL-safe base64, at most 1 KiB)."""
+    return isinstance(token, str) and _TOKEN.fullmatch(token) is not None
+
+
+def is_valid_tag(tag: object) -> bool:
+    """True for a tag by the OCI distribution grammar."""
+    return isinstance(tag, str) and _TAG.fullmatch(tag) is not None
+
+
+class Paths:
+    """The key layout under one prefix."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.blobs_root = f"{self.root}blobs/"
+        self.uploads_root = f"{self.root}{UPLOADS}"
+        self.data_root = f"{self.root}data/"
+
+    # Blobs -------------------------------------------------------------------
+
+    def blob(self, digest: Digest) -> str:
+        return f"{self.blobs_root}{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+    def digest_of_blob_key(self, key: str) -> str | None:
+        """The digest whose entry is ``key``, or None for a key that is not an entry."""
+        parts = key[len(self.blobs_root) :].split("/")
+        if not key.startswith(self.blobs_root) or len(parts) != 3:
+            return None
+        return _digest_or_none(parts[0], parts[2], parts[1])
+
+    def new_data_key(self) -> str:
+        return f"{self.data_root}{uuid.uuid4().hex}"
+
+    def data(self, name: str) -> str:
+        """The data key of a name taken from an entry's metadata (checked: a uuid hex)."""
+        if not re.fullmatch(r"[0-9a-f]{32}", name):
+            raise ValueError(f"not a data object name: {name[:80]!r}")
+        return f"{self.data_root}{name}"
+
+    def data_name(self, key: str) -> str:
+        return key[len(self.data_root) :]
+
+    # Repositories ------------------------------------------------------------
+
+    def repository(self, name: str) -> str:
+        return f"{self.root}repositories/{name}/"
+
+    def layers_root(self, name: str) -> str:
+        return f"{self.repository(name)}_layers/"
+
+    def link(self, name: str, digest: Digest) -> str:
+        return f"{self.layers_root(name)}{digest.algorithm}/{digest.hex}"
+
+    def digest_of_link_key(self, name: str, key: str) -> str | None:
+        parts = key[len(self.layers_root(name)) :].split("/")
+        if not key.startswith(self.layers_root(name)) or len(parts) != 2:
+            return None
+        return _digest_or_none(parts[0], parts[1])
+
+    def revision(self, name: str, digest: Digest) -> str:
+        return f"{self.repository(name)}_manifests/revisions/{digest.algorithm}/{digest.hex}"
+
+    def tags_root(self, name: str) -> str:
+        return f"{self.repository(name)}_manifests/tags/"
+
+    def tag(self, name: str, tag: str) -> str:
+        if not is_valid_tag(tag):
+            raise ValueError(f"invalid tag {tag[:200]!r}")
+        return f"{self.tags_root(name)}{tag}"
+
+    def referrers_root(self, name: str, subject: Digest) -> str:
+        return f"{self.repository(name)}_manifests/referrers/{subject.algorithm}/{subject.hex}/"
+
+    def referrer(self, name: str, subject: Digest, digest: Digest) -> str:
+        return f"{self.referrers_root(name, subject)}{digest.algorithm}/{digest.hex}"
+
+    # Uploads -----------------------------------------------------------------
+
+    def upload_state(self, token: str) -> str:
+        return f"{self.uploads_root}{_checked_token(token)}/state"
+
+    def upload_piece(self, token: str, name: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{32}", name):
+            raise ValueError(f"not a piece name: {name[:80]!r}")
+        return f"{self.uploads_root}{_checked_token(token)}/piece.{name}"
+
+
+def _checked_token(token: str) -> str:
+    if not is_valid_upload_token(token):
+        raise ValueError("not a writer id")
+    return token
+
+
+def _digest_or_none(algorithm: str, hex_: str, fanout: str | None = None) -> str | None:
+    if fanout is not None and fanout != hex_[:2]:
+        return None
+    try:
+        return str(parse_digest(f"{algorithm}:{hex_}"))
+    except Exception:
+        return None

@@ -1,0 +1,157 @@
+"""Blob stores: the global one (admin, garbage collection) and a repository's.
+
+A repository sees only the blobs linked into it; its writer links what it commits,
+and ``create(mount_from=...)`` links a blob from another repository without upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+
+from .descriptor import Descriptor
+from .descriptors import BlobDescriptorService, LinkedDescriptors
+from .digests import CANONICAL, check_algorithm, parse_digest
+from .errors import BlobMounted, BlobUnknown, ReferenceInvalid
+from .hashing import ResumableHash
+from .names import parse_reference, validate_repository_name
+from .reader import BlobReader
+from .s3 import s3_errors
+from .store import DEFAULT_MEDIA_TYPE, BlobEntries
+from .uploads import UploadStore
+from .writer import S3BlobWriter
+
+log = logging.getLogger(__name__)
+
+
+class BlobStore:
+    """What both stores share: stat, get, open, delete through a descriptor service."""
+
+    def __init__(self, entries: BlobEntries, descriptors: BlobDescriptorService) -> None:
+        self._entries = entries
+        self.descriptors = descriptors
+
+    def stat(self, digest: str) -> Descriptor:
+        """The blob's descriptor; BlobUnknown if this store does not hold it."""
+        return self.descriptors.stat(digest)
+
+    def get(self, digest: str) -> bytes:
+        self._require(digest)
+        return self._entries.get(parse_digest(digest))
+
+    def open(self, digest: str) -> BlobReader:
+        """A seekable binary file object; BlobUnknown at once for a missing blob."""
+        self._require(digest)
+        return self._entries.open(parse_digest(digest))
+
+    def delete(self, digest: str) -> None:
+        self.descriptors.clear(digest)
+
+    def _require(self, digest: str) -> None:
+        self.stat(digest)
+
+
+class GlobalBlobStore(BlobStore):
+    """Every blob in the bucket, whatever repositories link it."""
+
+    def _require(self, digest: str) -> None:
+        parse_digest(digest)  # reading the entry itself answers BlobUnknown
+
+    def enumerate(self) -> Iterator[str]:
+        return self._entries.enumerate()
+
+
+class RepositoryBlobStore(BlobStore):
+    """One repository's blobs: stat, get, open, put, delete, enumerate, create, resume."""
+
+    def __init__(
+        self,
+        name: str,
+        entries: BlobEntries,
+        uploads: UploadStore,
+        links: LinkedDescriptors,
+        descriptors: BlobDescriptorService,
+    ) -> None:
+        super().__init__(entries, descriptors)
+        self.name = validate_repository_name(name)
+        self._uploads = uploads
+        self._links = links
+
+    def enumerate(self) -> Iterator[str]:
+        """The digests linked into this repository, one listing page at a time."""
+        paths, root = self._entries.paths, self._entries.paths.layers_root(self.name)
+        pages = self._entries.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._entries.bucket, Prefix=root
+        )
+        with s3_errors(f"listing {self.name}"):
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    digest = paths.digest_of_link_key(self.name, item["Key"])
+                    if digest is not None:
+                        yield digest
+
+    def put(self, media_type: str, data: bytes) -> Descriptor:
+        """Store ``data`` and link it here. Idempotent: existing content is not rewritten.
+
+        Up to one part it is one PutObject that S3 verifies by its SHA-256 checksum;
+        larger data goes through the multipart writer.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"put takes bytes, not {type(data).__name__}")
+        media_type = media_type or DEFAULT_MEDIA_TYPE
+        if len(data) > self._uploads.config.part_size:
+            with self.create() as writer:
+                writer.write(data)
+                return writer.commit(Descriptor(media_type, writer.size, writer.computed_digest()))
+        digest = parse_digest(f"{CANONICAL}:{hashlib.sha256(data).hexdigest()}")
+        descriptor = self._entries.put_small(digest, media_type, bytes(data))
+        self.link(descriptor)
+        return descriptor
+
+    def create(
+        self,
+        *,
+        mount_from: str | None = None,
+        stat: Descriptor | None = None,
+        digest_algorithm: str = CANONICAL,
+    ) -> S3BlobWriter:
+        """Start an upload, or mount: with ``mount_from="<name>@<digest>"`` a blob the
+        source repository holds is linked here and BlobMounted is raised. ``stat`` is
+        the source's descriptor when the caller already checked access to it. A
+        malformed reference or a source without the blob starts a normal upload, as
+        the OCI distribution spec allows."""
+        if mount_from is not None:
+            self._mount(mount_from, stat)
+        hasher = ResumableHash(check_algorithm(digest_algorithm))
+        stored = self._uploads.start(self.name, hasher.algorithm, hasher.state())
+        return S3BlobWriter(self._uploads, self._entries, stored, self.link)
+
+    def resume(self, writer_id: str) -> S3BlobWriter:
+        """The upload with this id, from any process: one GET. BlobUploadUnknown if none."""
+        stored = self._uploads.load(writer_id, self.name)
+        return S3BlobWriter(self._uploads, self._entries, stored, self.link)
+
+    def link(self, descriptor: Descriptor) -> None:
+        """Make a stored blob part of this repository."""
+        self._links.link(descriptor.digest)
+        self.descriptors.set_descriptor(descriptor.digest, descriptor)
+
+    def _mount(self, reference: str, stat: Descriptor | None) -> None:
+        try:
+            source, digest = parse_reference(reference)
+        except ReferenceInvalid as exc:
+            log.info("not mounting %r: %s; starting an upload", reference[:300], exc)
+            return
+        descriptor = stat
+        if descriptor is None:
+            # The decision to mount checks S3 itself, never a cache.
+            try:
+                descriptor = LinkedDescriptors(self._entries, source).stat(str(digest))
+            except BlobUnknown:
+                return
+        self.link(descriptor)
+        raise BlobMounted(f"{source}@{digest}", descriptor)
+
+    def __repr__(self) -> str:
+        return f"RepositoryBlobStore({self.name!r})"

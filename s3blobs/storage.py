@@ -1,0 +1,90 @@
+"""S3BlobStorage: the entry point that wires a bucket into blob stores."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .cache import DescriptorCacheFactory
+from .config import Config
+from .descriptors import (
+    BlobDescriptorService,
+    DescriptorServiceFactory,
+    GlobalDescriptors,
+    LinkedDescriptors,
+)
+from .errors import BucketNotFound
+from .paths import Paths
+from .repository import GlobalBlobStore, RepositoryBlobStore
+from .s3 import error_code, make_client, storage_error
+from .store import BlobEntries
+from .uploads import UploadStore
+
+
+class S3BlobStorage:
+    """Blob storage on one bucket: ``storage.blobs`` is the global store,
+    ``storage.repository(name)`` a repository's.
+
+    ``descriptor_service_factory`` wraps every descriptor service (global and per
+    repository): pass a :class:`DescriptorCacheFactory`, or any object with a
+    ``blob_access_controller(service)`` method; stack several by wrapping one in
+    another. The bucket is checked once here (one HeadBucket) unless
+    ``check_bucket=False``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        descriptor_service_factory: DescriptorServiceFactory | None = None,
+        *,
+        client: Any = None,
+        check_bucket: bool = True,
+    ) -> None:
+        self.config = config
+        self.client = client if client is not None else make_client(config)
+        self.paths = Paths(config.prefix)
+        self.descriptor_service_factory = descriptor_service_factory
+        self._entries = BlobEntries(self.client, config, self.paths)
+        self._uploads = UploadStore(self.client, config, self.paths)
+        if check_bucket:
+            self._check_bucket()
+        self.blobs = GlobalBlobStore(self._entries, self._wrap(GlobalDescriptors(self._entries)))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> S3BlobStorage:
+        """Configure from ``S3BLOBS_*``, with the descriptor cache that
+        ``S3BLOBS_CACHE_SIZE`` (0: off) and ``S3BLOBS_CACHE_TTL`` describe."""
+        config = Config.from_env(environ)
+        factory = (
+            DescriptorCacheFactory(maxsize=config.cache_size, ttl=config.cache_ttl)
+            if config.cache_size
+            else None
+        )
+        return cls(config, factory, **kwargs)
+
+    def repository(self, name: str) -> RepositoryBlobStore:
+        """The store of repository ``name`` (RepositoryNameInvalid outside the OCI grammar)."""
+        links = LinkedDescriptors(self._entries, name)
+        store = RepositoryBlobStore(name, self._entries, self._uploads, links, self._wrap(links))
+        return store
+
+    def _wrap(self, service: BlobDescriptorService) -> BlobDescriptorService:
+        factory = self.descriptor_service_factory
+        return factory.blob_access_controller(service) if factory is not None else service
+
+    def _check_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.config.bucket)
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFound(
+                    f"bucket {self.config.bucket!r} does not exist (S3BLOBS_BUCKET)"
+                ) from None
+            raise storage_error(f"checking bucket {self.config.bucket!r}", exc) from exc
+        except BotoCoreError as exc:
+            raise storage_error(f"checking bucket {self.config.bucket!r}", exc) from exc
+
+    def __repr__(self) -> str:
+        return f"S3BlobStorage(bucket={self.config.bucket!r}, prefix={self.config.prefix!r})"

@@ -1,0 +1,191 @@
+"""The global, content-addressed blob store on one bucket.
+
+An entry ``blobs/<alg>/<hh>/<hex>`` holds a small blob's bytes, or, for a blob that
+was uploaded in parts, nothing but metadata naming its ``data/`` object: the bytes
+stay where the multipart upload wrote them, and no step ever copies them.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+
+from .config import Config
+from .descriptor import Descriptor
+from .digests import Digest, parse_digest
+from .errors import BlobExists, BlobUnknown
+from .paths import Paths
+from .reader import BlobReader
+from .s3 import encryption_args, s3_errors
+
+DATA_META = "s3blobs-data"
+SIZE_META = "s3blobs-size"
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a blob's bytes are: its entry key, or the data key the entry names."""
+
+    key: str
+    size: int
+
+
+class BlobEntries:
+    """Reads and writes entries; the one class that knows what an entry looks like."""
+
+    def __init__(self, client: Any, config: Config, paths: Paths) -> None:
+        self.client = client
+        self.config = config
+        self.bucket = config.bucket
+        self.paths = paths
+        # digest -> Location. Blobs are immutable, so only a delete makes one stale,
+        # and deletes in this process forget it; no TTL is needed.
+        self._locations: LRUCache[str, Location] = LRUCache(maxsize=10_000)
+        self._lock = threading.Lock()
+
+    # Reads ---------------------------------------------------------------------
+
+    def head(self, digest: Digest) -> tuple[Descriptor, Location]:
+        """One HeadObject on the entry; BlobUnknown if there is none."""
+        key = self.paths.blob(digest)
+        with s3_errors(f"stat {digest}", not_found=lambda: BlobUnknown(str(digest))):
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        return self._remember(digest, key, response)
+
+    def stat(self, digest: Digest) -> Descriptor:
+        return self.head(digest)[0]
+
+    def locate(self, digest: Digest) -> Location:
+        """Where the bytes are: from memory when known, else one HeadObject."""
+        with self._lock:
+            location = self._locations.get(str(digest))
+        return location if location is not None else self.head(digest)[1]
+
+    def get(self, digest: Digest) -> bytes:
+        """The blob's bytes: one GET for a small blob (or a known large one), two otherwise."""
+        with self._lock:
+            location = self._locations.get(str(digest))
+        key = location.key if location else self.paths.blob(digest)
+        response = self._get_object(digest, key)
+        if location is None and DATA_META in response.get("Metadata", {}):
+            location = self._remember(digest, key, response)[1]
+            response = self._get_object(digest, location.key)
+        with s3_errors(f"reading {digest}"):
+            return bytes(response["Body"].read())
+
+    def open(self, digest: Digest) -> BlobReader:
+        location = self.locate(digest)
+        return BlobReader(self.client, self.bucket, location.key, location.size)
+
+    def enumerate(self) -> Iterator[str]:
+        """Every stored digest, one listing page (1,000 keys) in memory at a time."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.paths.blobs_root
+        )
+        with s3_errors("listing blobs"):
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    digest = self.paths.digest_of_blob_key(item["Key"])
+                    if digest is not None:
+                        yield digest
+
+    # Writes --------------------------------------------------------------------
+
+    def put_small(self, digest: Digest, media_type: str, data: bytes) -> Descriptor:
+        """Store ``data`` at its entry: one conditional PutObject that S3 checksums.
+
+        When the entry is already there the existing descriptor is returned.
+        """
+        args: dict[str, Any] = {}
+        if digest.algorithm == "sha256":
+            args["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(digest.hex)).decode()
+        created = self._create_entry(
+            digest, Body=data, ContentType=media_type or DEFAULT_MEDIA_TYPE, **args
+        )
+        return created or self.stat(digest)
+
+    def put_pointer(
+        self, digest: Digest, media_type: str, data_key: str, size: int
+    ) -> Descriptor | None:
+        """Write the entry of a blob whose bytes are at ``data_key``.
+
+        Returns None when another commit created the entry first: the caller then
+        owns ``data_key`` and must delete it.
+        """
+        return self._create_entry(
+            digest,
+            Body=b"",
+            ContentType=media_type or DEFAULT_MEDIA_TYPE,
+            Metadata={DATA_META: self.paths.data_name(data_key), SIZE_META: str(size)},
+            size=size,
+        )
+
+    def delete(self, digest: Digest) -> None:
+        """Remove the entry, then the data it names; BlobUnknown if there is no entry."""
+        _, location = self.head(digest)
+        self.forget(digest)
+        with s3_errors(f"deleting {digest}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.paths.blob(digest))
+            if location.key != self.paths.blob(digest):
+                self.client.delete_object(Bucket=self.bucket, Key=location.key)
+
+    def forget(self, digest: Digest) -> None:
+        with self._lock:
+            self._locations.pop(str(digest), None)
+
+    # Helpers -------------------------------------------------------------------
+
+    def _create_entry(
+        self, digest: Digest, *, size: int | None = None, **args: Any
+    ) -> Descriptor | None:
+        key = self.paths.blob(digest)
+        try:
+            with s3_errors(f"storing {digest}", precondition_failed=BlobExists):
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    IfNoneMatch="*",
+                    **args,
+                    **encryption_args(self.config),
+                )
+        except BlobExists:
+            return None
+        body_size = len(args["Body"])
+        descriptor = Descriptor(
+            args["ContentType"], body_size if size is None else size, str(digest)
+        )
+        data = args.get("Metadata", {}).get(DATA_META)
+        location = Location(self.paths.data(data) if data else key, descriptor.size)
+        with self._lock:
+            self._locations[str(digest)] = location
+        return descriptor
+
+    def _get_object(self, digest: Digest, key: str) -> dict[str, Any]:
+        with s3_errors(f"reading {digest}", not_found=lambda: BlobUnknown(str(digest))):
+            response: dict[str, Any] = self.client.get_object(Bucket=self.bucket, Key=key)
+        return response
+
+    def _remember(
+        self, digest: Digest, key: str, response: dict[str, Any]
+    ) -> tuple[Descriptor, Location]:
+        metadata = response.get("Metadata", {})
+        if DATA_META in metadata:
+            size = int(metadata[SIZE_META])
+            location = Location(self.paths.data(metadata[DATA_META]), size)
+        else:
+            size = int(response["ContentLength"])
+            location = Location(key, size)
+        with self._lock:
+            self._locations[str(digest)] = location
+        media_type = response.get("ContentType") or DEFAULT_MEDIA_TYPE
+        return Descriptor(media_type, size, str(digest)), location
+
+
+def digest_of(value: str | Digest) -> Digest:
+    return value if isinstance(value, Digest) else parse_digest(value)

@@ -1,0 +1,226 @@
+"""The persisted state of an open upload, and the S3 objects that carry it.
+
+One small JSON object per upload, ``_uploads/<writer id>/state``, found from the
+writer id alone, so ``resume`` is a single GET. It is written conditionally
+(``IfNoneMatch`` when new, ``IfMatch`` on its ETag after), so of two processes that
+resumed the same state only one can write the next one.
+
+A buffered tail smaller than a part is saved at each ``close()`` as a new piece
+(``_uploads/<id>/piece.<uuid>``) rather than by rewriting the whole tail, so each
+byte goes to S3 at most twice: once in a piece, once in a part.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from .config import Config
+from .errors import BlobUploadConflict, BlobUploadUnknown
+from .paths import Paths, is_valid_upload_token
+from .s3 import encryption_args, s3_errors
+
+#: How long a writer that uploads parts holds its claim on the upload without renewing
+#: it. Another writer may take an upload over once its claim is this old (a crash).
+CLAIM_SECONDS = 300.0
+
+
+def writer_id(upload_id: str) -> str:
+    """The URL-safe form of an S3 upload id: base64url, unpadded."""
+    return base64.urlsafe_b64encode(upload_id.encode()).decode().rstrip("=")
+
+
+def upload_id_of(token: str) -> str:
+    """S3's upload id back from a writer id; BlobUploadUnknown for anything else."""
+    if not is_valid_upload_token(token):
+        raise BlobUploadUnknown("not a writer id")
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BlobUploadUnknown("not a writer id") from None
+
+
+@dataclass(frozen=True)
+class Piece:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """What a process needs to continue an upload: invariant
+    ``size == len(parts) * part_size + sum(piece sizes)``."""
+
+    upload_id: str
+    data_key: str
+    repository: str
+    started_at: float
+    part_size: int
+    algorithm: str
+    hash_state: bytes
+    size: int = 0
+    parts: tuple[str, ...] = ()
+    pieces: tuple[Piece, ...] = ()
+    claim: str = ""
+    claimed_at: float = 0.0
+    # Claims by other writers older than CLAIM_SECONDS are void (crashed writers).
+
+    @property
+    def id(self) -> str:
+        return writer_id(self.upload_id)
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromtimestamp(self.started_at, tz=timezone.utc)
+
+    def claimed_by_other(self, token: str, now: float) -> bool:
+        return bool(self.claim) and self.claim != token and now - self.claimed_at < CLAIM_SECONDS
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = asdict(self)
+        data["hash_state"] = base64.b64encode(self.hash_state).decode()
+        data["pieces"] = [[p.name, p.size] for p in self.pieces]
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> UploadState:
+        data = json.loads(raw)
+        data["hash_state"] = base64.b64decode(data["hash_state"])
+        data["parts"] = tuple(data["parts"])
+        data["pieces"] = tuple(Piece(name, size) for name, size in data["pieces"])
+        return cls(**data)
+
+
+@dataclass
+class StoredState:
+    """A state and the ETag it was read or written with (for the next conditional write)."""
+
+    state: UploadState
+    etag: str | None = None
+    garbage: list[str] = field(default_factory=list)
+
+
+class UploadStore:
+    """Creates, reads, writes and removes upload states, pieces and multipart uploads."""
+
+    def __init__(self, client: Any, config: Config, paths: Paths) -> None:
+        self.client = client
+        self.config = config
+        self.bucket = config.bucket
+        self.paths = paths
+
+    def start(self, repository: str, algorithm: str, hash_state: bytes) -> StoredState:
+        """CreateMultipartUpload on a fresh data key, then the first state: 2 requests."""
+        data_key = self.paths.new_data_key()
+        with s3_errors("starting an upload"):
+            response = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=data_key, **encryption_args(self.config)
+            )
+        state = UploadState(
+            upload_id=response["UploadId"],
+            data_key=data_key,
+            repository=repository,
+            started_at=time.time(),
+            part_size=self.config.part_size,
+            algorithm=algorithm,
+            hash_state=hash_state,
+        )
+        stored = StoredState(state)
+        self.save(stored, state)
+        return stored
+
+    def load(self, token: str, repository: str) -> StoredState:
+        """One GET. BlobUploadUnknown for garbage, a finished upload, or another repository."""
+        upload_id = upload_id_of(token)
+
+        def unknown() -> BlobUploadUnknown:
+            return BlobUploadUnknown(f"no upload {token[:100]!r}")
+
+        with s3_errors("resuming an upload", not_found=unknown):
+            key = self.paths.upload_state(token)
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            raw = response["Body"].read()
+        try:
+            state = UploadState.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BlobUploadUnknown(f"upload {token[:100]!r} has an unreadable state") from exc
+        if state.upload_id != upload_id or state.repository != repository:
+            raise unknown()
+        return StoredState(state, response["ETag"])
+
+    def save(self, stored: StoredState, state: UploadState) -> None:
+        """Write ``state`` if nobody wrote since ``stored`` was read; else BlobUploadConflict."""
+        condition = {"IfMatch": stored.etag} if stored.etag else {"IfNoneMatch": "*"}
+
+        def conflict() -> BlobUploadConflict:
+            return BlobUploadConflict(
+                f"upload {state.id[:100]} was changed by another writer; resume it again"
+            )
+
+        with s3_errors("saving upload state", not_found=conflict, precondition_failed=conflict):
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.paths.upload_state(state.id),
+                Body=state.to_json(),
+                ContentType="application/json",
+                **condition,
+                **encryption_args(self.config),
+            )
+        stored.state, stored.etag = state, response["ETag"]
+
+    def put_piece(self, state: UploadState, data: bytes) -> Piece:
+        piece = Piece(uuid.uuid4().hex, len(data))
+        with s3_errors("saving an upload's buffered bytes"):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.paths.upload_piece(state.id, piece.name),
+                Body=data,
+                **encryption_args(self.config),
+            )
+        return piece
+
+    def get_piece(self, state: UploadState, piece: Piece) -> bytes:
+        with s3_errors("reading an upload's buffered bytes"):
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self.paths.upload_piece(state.id, piece.name)
+            )
+            data = bytes(response["Body"].read())
+        if len(data) != piece.size:
+            raise BlobUploadConflict(f"upload {state.id[:100]}: a saved piece has the wrong size")
+        return data
+
+    def piece_keys(self, state: UploadState, pieces: tuple[Piece, ...] | list[Piece]) -> list[str]:
+        return [self.paths.upload_piece(state.id, p.name) for p in pieces]
+
+    def delete_keys(self, keys: list[str]) -> None:
+        """Delete objects in batches of 1,000 (one DeleteObjects request each)."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            with s3_errors("removing upload state"):
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+
+    def remove(self, state: UploadState, extra: list[str]) -> None:
+        """Remove the state, its pieces and ``extra`` keys: one request for most uploads."""
+        keys = [self.paths.upload_state(state.id), *self.piece_keys(state, state.pieces), *extra]
+        self.delete_keys(keys)
+
+    def claim(self, stored: StoredState, token: str) -> None:
+        """Mark the upload as being written by ``token`` before uploading parts.
+
+        Parts have fixed numbers, so two writers uploading parts at once would
+        overwrite each other's; a conditional claim lets only one of them start.
+        """
+        now = time.time()
+        if stored.state.claimed_by_other(token, now):
+            raise BlobUploadConflict(
+                f"upload {stored.state.id[:100]} is being written by another writer"
+            )
+        self.save(stored, replace(stored.state, claim=token, claimed_at=now))

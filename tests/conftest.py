@@ -1,0 +1,121 @@
+"""Fixtures: an in-process moto S3 (mock_aws), a bucket, storages, and S3 call counters."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+import s3blobs.s3
+from s3blobs import Config, S3BlobStorage
+from s3blobs.config import MiB
+
+BUCKET = "s3blobs-test"
+PART = 5 * MiB
+
+#: Every S3 operation any s3blobs client made during the test session
+#: (read by the Terraform least-privilege test, which runs last).
+OPERATIONS_SEEN: set[str] = set()
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-key-id")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+_make_client = s3blobs.s3.make_client
+
+
+def _recording_make_client(config: Config) -> Any:
+    client = _make_client(config)
+    client.meta.events.register(
+        "before-call.s3.*", lambda model, **_: OPERATIONS_SEEN.add(model.name)
+    )
+    return client
+
+
+s3blobs.s3.make_client = _recording_make_client  # type: ignore[assignment]
+import s3blobs.storage  # noqa: E402
+
+s3blobs.storage.make_client = _recording_make_client  # type: ignore[assignment]
+
+
+class S3Calls:
+    """Counts the S3 API calls (not HTTP attempts) a client makes, by operation."""
+
+    def __init__(self, client: Any) -> None:
+        self.ops: list[str] = []
+        self.sent = 0  # request body bytes handed to S3
+        client.meta.events.register("before-call.s3.*", self._call)
+
+    def _call(self, model: Any, params: Any, **_: Any) -> None:
+        self.ops.append(model.name)
+        body = params.get("body") if isinstance(params, dict) else None
+        if isinstance(body, (bytes, bytearray)):
+            self.sent += len(body)
+
+    def reset(self) -> None:
+        self.ops.clear()
+        self.sent = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.ops)
+
+    def by_op(self) -> Counter[str]:
+        return Counter(self.ops)
+
+
+@pytest.fixture(autouse=True)
+def instant_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore still retries as configured, without sleeping between attempts."""
+    from botocore.retries.standard import ExponentialBackoff
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.0)
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def s3(aws: None) -> Any:
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture
+def config(s3: Any) -> Config:
+    return Config(bucket=BUCKET, part_size=PART, max_concurrency=2, cache_size=0)
+
+
+@pytest.fixture
+def storage(config: Config) -> S3BlobStorage:
+    return S3BlobStorage(config)
+
+
+@pytest.fixture
+def repo(storage: S3BlobStorage) -> Any:
+    return storage.repository("library/app")
+
+
+@pytest.fixture
+def calls(storage: S3BlobStorage) -> S3Calls:
+    return S3Calls(storage.client)
+
+
+def all_keys(s3: Any) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return [item["Key"] for page in pages for item in page.get("Contents", ())]
+
+
+def open_uploads(s3: Any) -> list[dict[str, Any]]:
+    return list(s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
