@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -25,6 +25,7 @@ from typing import IO
 from .descriptor import Descriptor
 from .digests import Digest, parse_digest
 from .errors import (
+    BlobError,
     BlobInvalidDigest,
     BlobInvalidLength,
     BlobTooLarge,
@@ -350,4 +351,14 @@ class S3BlobWriter:
         except BaseException:
             if self._ended is None:
                 self._end("broken")
+                self._release_claim()
             raise
+
+    def _release_claim(self) -> None:
+        """Best effort, after a failure: let the next resume() continue at once rather
+        than wait for the claim to lapse."""
+        if self._claimed:
+            with suppress(BlobError):
+                self._uploads.save(
+                    self._stored, replace(self._stored.state, claim="", claimed_at=0.0)
+                )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,18 @@ import s3blobs.storage  # noqa: E402
 s3blobs.storage.make_client = _recording_make_client  # type: ignore[assignment]
 
 
+def body_size(body: Any) -> int:
+    """The length of a request body as botocore holds it (bytes, or a seekable stream)."""
+    if isinstance(body, (bytes, bytearray)):
+        return len(body)
+    if hasattr(body, "seek") and hasattr(body, "tell"):
+        here = body.tell()
+        end = body.seek(0, 2)
+        body.seek(here)
+        return int(end - here)
+    return 0
+
+
 class S3Calls:
     """Counts the S3 API calls (not HTTP attempts) a client makes, by operation."""
 
@@ -53,9 +66,7 @@ class S3Calls:
 
     def _call(self, model: Any, params: Any, **_: Any) -> None:
         self.ops.append(model.name)
-        body = params.get("body") if isinstance(params, dict) else None
-        if isinstance(body, (bytes, bytearray)):
-            self.sent += len(body)
+        self.sent += body_size(params.get("body"))
 
     def reset(self) -> None:
         self.ops.clear()
@@ -110,6 +121,40 @@ def repo(storage: S3BlobStorage) -> Any:
 @pytest.fixture
 def calls(storage: S3BlobStorage) -> S3Calls:
     return S3Calls(storage.client)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1, for other processes and real HTTP clients."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def server_env(moto_server: str) -> dict[str, str]:
+    """S3BLOBS_* for a fresh bucket on the moto server (created now: an in-process
+    mock_aws test that ran before may have reset the server's state)."""
+    import boto3
+
+    bucket = f"srv-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    return {
+        "S3BLOBS_BUCKET": bucket,
+        "S3BLOBS_ENDPOINT_URL": moto_server,
+        "S3BLOBS_REGION": "us-east-1",
+        "S3BLOBS_PART_SIZE": str(PART),
+        "S3BLOBS_ADDRESSING_STYLE": "path",
+    }
 
 
 def all_keys(s3: Any) -> list[str]:

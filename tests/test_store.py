@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
-from conftest import BUCKET, PART, S3Calls, all_keys
 
+from conftest import BUCKET, PART, S3Calls, all_keys
 from s3blobs import (
     BlobDigestUnsupported,
     BlobInvalidDigest,
