@@ -48,8 +48,18 @@ def upload_id_of(token: str) -> str:
 
 @dataclass(frozen=True)
 class Piece:
+    """Bytes saved at a close(), waiting to become part of a part."""
+
     name: str
     size: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """An uploaded part, as CompleteMultipartUpload wants it back."""
+
+    etag: str
+    crc32: str = ""  # S3's CRC32 of the part, where the store returns one
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class UploadState:
     algorithm: str
     hash_state: bytes
     size: int = 0
-    parts: tuple[str, ...] = ()
+    parts: tuple[Part, ...] = ()
     pieces: tuple[Piece, ...] = ()
     claim: str = ""
     claimed_at: float = 0.0
@@ -86,13 +96,14 @@ class UploadState:
         data: dict[str, Any] = asdict(self)
         data["hash_state"] = base64.b64encode(self.hash_state).decode()
         data["pieces"] = [[p.name, p.size] for p in self.pieces]
+        data["parts"] = [[p.etag, p.crc32] for p in self.parts]
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> UploadState:
         data = json.loads(raw)
         data["hash_state"] = base64.b64decode(data["hash_state"])
-        data["parts"] = tuple(data["parts"])
+        data["parts"] = tuple(Part(etag, crc32) for etag, crc32 in data["parts"])
         data["pieces"] = tuple(Piece(name, size) for name, size in data["pieces"])
         return cls(**data)
 
@@ -120,7 +131,10 @@ class UploadStore:
         data_key = self.paths.new_data_key()
         with s3_errors("starting an upload"):
             response = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=data_key, **encryption_args(self.config)
+                Bucket=self.bucket,
+                Key=data_key,
+                ChecksumAlgorithm="CRC32",
+                **encryption_args(self.config),
             )
         state = UploadState(
             upload_id=response["UploadId"],

@@ -35,7 +35,7 @@ from .errors import (
 from .hashing import ResumableHash
 from .s3 import s3_errors
 from .store import DEFAULT_MEDIA_TYPE, BlobEntries
-from .uploads import CLAIM_SECONDS, StoredState, UploadStore
+from .uploads import CLAIM_SECONDS, Part, StoredState, UploadStore
 
 #: S3's limit on the parts of one multipart upload.
 MAX_PARTS = 10_000
@@ -60,12 +60,12 @@ class S3BlobWriter:
         self._hasher = ResumableHash.from_state(state.algorithm, state.hash_state)
         self._part_size = state.part_size
         self._size = state.size
-        self._etags: list[str] = list(state.parts)
+        self._parts: list[Part] = list(state.parts)
         self._pieces = list(state.pieces)  # saved tail, oldest first
         self._saved_tail: bytes | None = None  # their bytes, once fetched
         self._buffer = bytearray()  # tail received by this writer
         self._consumed: list[str] = []  # keys of pieces already inside a part
-        self._inflight: deque[Future[str]] = deque()
+        self._inflight: deque[Future[Part]] = deque()
         self._executor: ThreadPoolExecutor | None = None
         self._token = uuid.uuid4().hex  # this writer's claim on the upload
         self._claimed = False
@@ -137,7 +137,7 @@ class S3BlobWriter:
             state = replace(
                 self._stored.state,
                 size=self._size,
-                parts=tuple(self._etags),
+                parts=tuple(self._parts),
                 pieces=tuple(pieces),
                 hash_state=self._hasher.state(),
                 claim="",
@@ -166,7 +166,7 @@ class S3BlobWriter:
                 raise BlobInvalidDigest(str(digest), f"content is {self.computed_digest()}")
             media_type = provisional.media_type or DEFAULT_MEDIA_TYPE
             tail = self._tail_bytes()
-            if not self._etags:
+            if not self._parts:
                 descriptor = self._commit_small(digest, media_type, tail, verified)
             else:
                 descriptor = self._commit_parts(digest, media_type, tail, verified)
@@ -214,25 +214,30 @@ class S3BlobWriter:
             self._saved_tail = b"".join(self._uploads.get_piece(state, p) for p in self._pieces)
         return (self._saved_tail or b"") + bytes(self._buffer)
 
-    def _take_tail(self) -> bytes:
-        """The whole buffered tail, leaving it empty; its pieces go at the next close."""
-        tail = self._tail_bytes()
-        self._consumed += self._uploads.piece_keys(self._stored.state, self._pieces)
+    def _take_tail(self) -> bytes | bytearray:
+        """The whole buffered tail, leaving it empty; its pieces go at the next close.
+
+        Without saved pieces the buffer itself is handed over, not a copy: memory
+        stays at part size x (concurrency + 1)."""
+        tail: bytes | bytearray = self._buffer
+        if self._pieces:
+            tail = self._tail_bytes()
+            self._consumed += self._uploads.piece_keys(self._stored.state, self._pieces)
         self._pieces, self._saved_tail, self._buffer = [], None, bytearray()
         return tail
 
-    def _submit_part(self, body: bytes) -> None:
+    def _submit_part(self, body: bytes | bytearray) -> None:
         self._keep_claim()
         while len(self._inflight) >= self._uploads.config.max_concurrency:
-            self._etags.append(self._inflight.popleft().result())
+            self._parts.append(self._inflight.popleft().result())
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 self._uploads.config.max_concurrency, thread_name_prefix="s3blobs-part"
             )
-        number = len(self._etags) + len(self._inflight) + 1
+        number = len(self._parts) + len(self._inflight) + 1
         self._inflight.append(self._executor.submit(self._upload_part, number, body))
 
-    def _upload_part(self, number: int, body: bytes) -> str:
+    def _upload_part(self, number: int, body: bytes | bytearray) -> Part:
         state = self._stored.state
         with s3_errors(f"uploading part {number}", not_found=self._gone):
             response = self._uploads.client.upload_part(
@@ -241,12 +246,13 @@ class S3BlobWriter:
                 UploadId=state.upload_id,
                 PartNumber=number,
                 Body=body,
+                ChecksumAlgorithm="CRC32",
             )
-        return str(response["ETag"])
+        return Part(str(response["ETag"]), str(response.get("ChecksumCRC32", "")))
 
     def _drain(self) -> None:
         while self._inflight:
-            self._etags.append(self._inflight.popleft().result())
+            self._parts.append(self._inflight.popleft().result())
 
     def _keep_claim(self) -> None:
         """Claim the upload before this writer's first part, and renew the claim while
@@ -269,8 +275,15 @@ class S3BlobWriter:
         self, digest: Digest, media_type: str, tail: bytes, verified: bool
     ) -> Descriptor:
         state = self._stored.state
-        etags = self._etags + ([self._upload_part(len(self._etags) + 1, tail)] if tail else [])
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
+        uploaded = self._parts + ([self._upload_part(len(self._parts) + 1, tail)] if tail else [])
+        parts = [
+            {
+                "PartNumber": n,
+                "ETag": part.etag,
+                **({"ChecksumCRC32": part.crc32} if part.crc32 else {}),
+            }
+            for n, part in enumerate(uploaded, 1)
+        ]
         try:
             with s3_errors("completing the upload", not_found=self._gone):
                 self._uploads.client.complete_multipart_upload(

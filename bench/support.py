@@ -1,0 +1,126 @@
+"""What the benchmarks share: a moto S3 server in its own process, and S3 call counting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.config
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server in a separate process (so it does not share our GIL), on loopback."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from moto.server import main; main()",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def new_bucket(endpoint: str) -> str:
+    bucket = f"bench-{uuid.uuid4().hex[:10]}"
+    raw_client(endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+def raw_client(endpoint: str, max_pool: int = 10) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=botocore.config.Config(
+            s3={"addressing_style": "path"}, max_pool_connections=max_pool
+        ),
+    )
+
+
+class Counted:
+    """S3 API calls by operation, and request body bytes, on one client."""
+
+    def __init__(self, client: Any) -> None:
+        self.ops: Counter[str] = Counter()
+        self.sent = 0
+        client.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, model: Any, params: Any, **_: Any) -> None:
+        self.ops[model.name] += 1
+        body = params.get("body")
+        if isinstance(body, (bytes, bytearray)):
+            self.sent += len(body)
+        elif hasattr(body, "seek"):
+            here = body.tell()
+            self.sent += body.seek(0, 2) - here
+            body.seek(here)
+
+    def reset(self) -> None:
+        self.ops.clear()
+        self.sent = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items()))
+
+
+class RepeatedReader:
+    """``size`` bytes made of one random MiB repeated: a large source in 1 MiB of memory."""
+
+    def __init__(self, size: int) -> None:
+        self._chunk = os.urandom(MiB)
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        out = bytearray()
+        while len(out) < n:
+            out += self._chunk[: n - len(out)]
+        self._left -= n
+        return bytes(out)
