@@ -8,6 +8,8 @@ Only hits are cached; misses and errors always go to the service behind.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -27,8 +29,10 @@ class CacheStats:
 
 
 class _CountingTTLCache(TTLCache[str, dict[str, Descriptor]]):
-    def __init__(self, maxsize: int, ttl: float, stats: CacheStats) -> None:
-        super().__init__(maxsize=maxsize, ttl=ttl)
+    def __init__(
+        self, maxsize: int, ttl: float, timer: Callable[[], float], stats: CacheStats
+    ) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
         self._stats = stats
 
     def popitem(self) -> tuple[str, dict[str, Descriptor]]:
@@ -45,11 +49,13 @@ class DescriptorCacheFactory:
     delete can go unseen here. Deletes in this process invalidate at once.
     """
 
-    def __init__(self, maxsize: int = 10_000, ttl: float = 60.0) -> None:
+    def __init__(
+        self, maxsize: int = 10_000, ttl: float = 60.0, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         if maxsize < 1 or ttl <= 0:
             raise ValueError("a descriptor cache needs maxsize >= 1 and ttl > 0")
         self.stats = CacheStats()
-        self._cache = _CountingTTLCache(maxsize, ttl, self.stats)
+        self._cache = _CountingTTLCache(maxsize, ttl, timer, self.stats)
         self._lock = threading.Lock()
         # Bumped by every clear: a stat that raced a clear must not put back what
         # the clear removed.

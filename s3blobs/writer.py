@@ -63,7 +63,7 @@ class S3BlobWriter:
         self._parts: list[Part] = list(state.parts)
         self._pieces = list(state.pieces)  # saved tail, oldest first
         self._saved_tail: bytes | None = None  # their bytes, once fetched
-        self._buffer = bytearray()  # tail received by this writer
+        self._buffer = _PartBuffer(self._part_size)  # tail received by this writer
         self._consumed: list[str] = []  # keys of pieces already inside a part
         self._inflight: deque[Future[Part]] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -112,7 +112,7 @@ class S3BlobWriter:
             pos = 0
             while pos < view.nbytes:
                 take = min(self._part_size - self._tail_size(), view.nbytes - pos)
-                self._buffer += view[pos : pos + take]
+                self._buffer.append(view[pos : pos + take])
                 pos += take
                 if self._tail_size() == self._part_size:
                     self._submit_part(self._take_tail())
@@ -132,8 +132,8 @@ class S3BlobWriter:
         with self._breaking_on_error():
             self._drain()
             pieces = list(self._pieces)
-            if self._buffer:
-                pieces.append(self._uploads.put_piece(self._stored.state, bytes(self._buffer)))
+            if len(self._buffer):
+                pieces.append(self._uploads.put_piece(self._stored.state, self._buffer.copy()))
             state = replace(
                 self._stored.state,
                 size=self._size,
@@ -212,18 +212,20 @@ class S3BlobWriter:
         if self._pieces and self._saved_tail is None:
             state = self._stored.state
             self._saved_tail = b"".join(self._uploads.get_piece(state, p) for p in self._pieces)
-        return (self._saved_tail or b"") + bytes(self._buffer)
+        return (self._saved_tail or b"") + self._buffer.copy()
 
     def _take_tail(self) -> bytes | bytearray:
         """The whole buffered tail, leaving it empty; its pieces go at the next close.
 
         Without saved pieces the buffer itself is handed over, not a copy: memory
         stays at part size x (concurrency + 1)."""
-        tail: bytes | bytearray = self._buffer
         if self._pieces:
-            tail = self._tail_bytes()
+            tail: bytes | bytearray = self._tail_bytes()
             self._consumed += self._uploads.piece_keys(self._stored.state, self._pieces)
-        self._pieces, self._saved_tail, self._buffer = [], None, bytearray()
+            self._buffer.take()
+        else:
+            tail = self._buffer.take()
+        self._pieces, self._saved_tail = [], None
         return tail
 
     def _submit_part(self, body: bytes | bytearray) -> None:
@@ -375,3 +377,36 @@ class S3BlobWriter:
                 self._uploads.save(
                     self._stored, replace(self._stored.state, claim="", claimed_at=0.0)
                 )
+
+
+class _PartBuffer:
+    """The bytes received since the last part, in one allocation of a part's size:
+    growing a bytearray chunk by chunk would reallocate (and briefly double) it."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._data: bytearray | None = None
+        self._filled = 0
+
+    def __len__(self) -> int:
+        return self._filled
+
+    def append(self, view: memoryview) -> None:
+        if self._data is None:
+            self._data = bytearray(self._capacity)
+        self._data[self._filled : self._filled + view.nbytes] = view
+        self._filled += view.nbytes
+
+    def copy(self) -> bytes:
+        return bytes(self._data[: self._filled]) if self._data else b""
+
+    def take(self) -> bytearray:
+        """Hand the buffer over (no copy when it is full) and start an empty one."""
+        if self._data is None:
+            data = bytearray()
+        elif self._filled == self._capacity:
+            data = self._data
+        else:
+            data = self._data[: self._filled]
+        self._data, self._filled = None, 0
+        return data
