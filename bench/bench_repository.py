@@ -19,16 +19,13 @@ from s3blobs import BlobMounted, Config, DescriptorCacheFactory, S3BlobStorage
 BUCKET = "bench-repository"
 
 
-def stats(factory: DescriptorCacheFactory | None) -> tuple[Counted, float]:
-    storage = S3BlobStorage(Config(bucket=BUCKET, cache_size=0), factory)
-    repo = storage.repository("bench/app")
-    digests = [
-        repo.put("application/octet-stream", f"blob {i}".encode()).digest for i in range(100)
-    ]
-    # A fresh storage, so the cache starts cold as in a new process.
-    storage = S3BlobStorage(
-        Config(bucket=BUCKET, cache_size=0), factory and type(factory)(10_000, 60)
-    )
+def stats(cached: bool) -> tuple[Counted, float]:
+    config = Config(bucket=BUCKET, cache_size=0)
+    writer = S3BlobStorage(config).repository("bench/app")
+    digests = [writer.put("application/octet-stream", f"{i}".encode()).digest for i in range(100)]
+    # Another storage reads: its cache starts cold, as in a fresh registry process.
+    factory = DescriptorCacheFactory(maxsize=10_000, ttl=60) if cached else None
+    storage = S3BlobStorage(config, factory)
     repo = storage.repository("bench/app")
     counted = Counted(storage.client)
     rng = random.Random(0)
