@@ -9,15 +9,19 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from typing import Any
+
+from werkzeug.wrappers import Response
 
 from .descriptor import Descriptor
 from .descriptors import BlobDescriptorService, LinkedDescriptors
 from .digests import CANONICAL, check_algorithm, parse_digest
-from .errors import BlobMounted, BlobUnknown, ReferenceInvalid
+from .errors import BlobMounted, BlobTooLarge, BlobUnknown, ReferenceInvalid
 from .hashing import ResumableHash
 from .names import parse_reference, validate_repository_name
 from .reader import BlobReader
 from .s3 import s3_errors
+from .serving import serve
 from .store import DEFAULT_MEDIA_TYPE, BlobEntries
 from .uploads import UploadStore
 from .writer import S3BlobWriter
@@ -48,6 +52,15 @@ class BlobStore:
     def delete(self, digest: str) -> None:
         self.descriptors.clear(digest)
 
+    def serve_blob(self, environ: dict[str, Any], digest: str) -> Response:
+        """The blob as a WSGI response (a werkzeug Response): GET redirects to a
+        presigned S3 URL (or streams, with redirects off), HEAD answers from the
+        descriptor. BlobUnknown for a blob this store does not hold, so the caller
+        answers."""
+        descriptor = self.stat(digest)
+        location = self._entries.locate(parse_digest(digest))
+        return serve(environ, descriptor, location, self._entries.client, self._entries.config)
+
     def _require(self, digest: str) -> None:
         self.stat(digest)
 
@@ -60,6 +73,13 @@ class GlobalBlobStore(BlobStore):
 
     def enumerate(self) -> Iterator[str]:
         return self._entries.enumerate()
+
+    def put(self, media_type: str, data: bytes, algorithm: str = CANONICAL) -> Descriptor:
+        """Store content of up to one part without linking it anywhere (manifests):
+        one conditional PutObject; existing content is not rewritten."""
+        if len(data) > self._entries.config.part_size:
+            raise BlobTooLarge("the global store takes at most one part; use a writer")
+        return _put_small(self._entries, media_type, data, algorithm)
 
 
 class RepositoryBlobStore(BlobStore):
@@ -104,8 +124,7 @@ class RepositoryBlobStore(BlobStore):
             with self.create() as writer:
                 writer.write(data)
                 return writer.commit(Descriptor(media_type, writer.size, writer.computed_digest()))
-        digest = parse_digest(f"{CANONICAL}:{hashlib.sha256(data).hexdigest()}")
-        descriptor = self._entries.put_small(digest, media_type, bytes(data))
+        descriptor = _put_small(self._entries, media_type, data, CANONICAL)
         self.link(descriptor)
         return descriptor
 
@@ -155,3 +174,8 @@ class RepositoryBlobStore(BlobStore):
 
     def __repr__(self) -> str:
         return f"RepositoryBlobStore({self.name!r})"
+
+
+def _put_small(entries: BlobEntries, media_type: str, data: bytes, algorithm: str) -> Descriptor:
+    digest = parse_digest(f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}")
+    return entries.put_small(digest, media_type or DEFAULT_MEDIA_TYPE, bytes(data))

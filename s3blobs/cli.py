@@ -1,0 +1,90 @@
+"""The ``s3blobs`` command: ``s3blobs serve`` runs the registry.
+
+Without ``S3BLOBS_BUCKET``, ``serve`` starts an embedded S3 (a moto server on
+loopback, in this process, in memory) so that the registry runs on a machine with no
+AWS account: a demo, not storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import ConfigError, StorageError
+
+EMBEDDED_BUCKET = "s3blobs"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s3blobs", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the OCI registry (WSGI, threaded)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5000, help="port (5000; 0 picks a free one)")
+    args = parser.parse_args(argv)
+    try:
+        return run_serve(args.host, args.port)
+    except (ConfigError, StorageError) as exc:
+        print(f"s3blobs: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_serve(host: str, port: int) -> int:
+    from werkzeug.serving import make_server
+
+    from .registry import RegistryApp
+    from .storage import S3BlobStorage
+
+    environ = dict(os.environ)
+    if not environ.get("S3BLOBS_BUCKET"):
+        endpoint = start_embedded_s3()
+        environ.update(
+            S3BLOBS_BUCKET=EMBEDDED_BUCKET,
+            S3BLOBS_ENDPOINT_URL=endpoint,
+            S3BLOBS_REGION="us-east-1",
+            S3BLOBS_ADDRESSING_STYLE="path",
+        )
+        say(f"no S3BLOBS_BUCKET: started an embedded S3 (moto) at {endpoint}")
+        say(f"bucket {EMBEDDED_BUCKET!r} lives in this process's memory and ends with it")
+    storage = S3BlobStorage.from_env(environ)
+    server = make_server(host, port, RegistryApp(storage), threaded=True)
+    say(f"registry on http://{host}:{server.port} (bucket {storage.config.bucket!r})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def start_embedded_s3() -> str:
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise ConfigError(
+            "S3BLOBS_BUCKET is not set and the embedded S3 needs moto: "
+            "pip install 's3blobs[embedded]', or set S3BLOBS_BUCKET"
+        ) from None
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # The embedded store checks no credentials; boto3 still wants some to sign with.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "s3blobs-embedded")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "s3blobs-embedded")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+        Bucket=EMBEDDED_BUCKET
+    )
+    return endpoint
+
+
+def say(line: str) -> None:
+    print(f"s3blobs: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

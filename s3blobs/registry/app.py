@@ -1,0 +1,269 @@
+"""The OCI distribution API (v1.1) as a WSGI application on s3blobs.
+
+Stateless: an upload's Location carries its writer id, and every request resumes
+the writer from S3, so any number of processes (or machines) can serve one registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import get_input_stream
+
+from ..descriptor import Descriptor
+from ..digests import check_algorithm, parse_digest
+from ..errors import BlobError, BlobMounted, BlobUnknown, BlobUploadUnknown
+from ..names import validate_repository_name
+from ..repository import RepositoryBlobStore
+from ..storage import S3BlobStorage
+from ..writer import S3BlobWriter
+from .errors import (
+    API_VERSION,
+    RegistryError,
+    digest_invalid,
+    name_unknown,
+    translate,
+    upload_invalid,
+)
+from .manifests import ManifestCache, Manifests
+
+log = logging.getLogger(__name__)
+
+_NAME = r"(?P<name>.+?)"
+ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"/v2/?"), "base"),
+    (re.compile(rf"/v2/{_NAME}/blobs/uploads/?"), "uploads"),
+    (re.compile(rf"/v2/{_NAME}/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
+    (re.compile(rf"/v2/{_NAME}/blobs/(?P<digest>[^/]+)"), "blob"),
+    (re.compile(rf"/v2/{_NAME}/manifests/(?P<reference>[^/]+)"), "manifest"),
+    (re.compile(rf"/v2/{_NAME}/tags/list"), "tags"),
+    (re.compile(rf"/v2/{_NAME}/referrers/(?P<digest>[^/]+)"), "referrers"),
+]
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+class RegistryApp:
+    """``RegistryApp(storage)`` is a WSGI application serving the registry API."""
+
+    def __init__(self, storage: S3BlobStorage) -> None:
+        self.storage = storage
+        self.manifest_cache = ManifestCache()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except RegistryError as exc:
+            response = exc.response(request.method)
+        except (BlobError, ValueError) as exc:
+            error = translate(exc)
+            if error is None:
+                log.exception("unexpected error on %s %s", request.method, request.path)
+                error = RegistryError("UNKNOWN", 500, "internal error")
+            response = error.response(request.method)
+        for header, value in API_VERSION.items():
+            response.headers.setdefault(header, value)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        for pattern, route in ROUTES:
+            match = pattern.fullmatch(request.path)
+            if match:
+                params = match.groupdict()
+                if "name" in params:
+                    validate_repository_name(params["name"])
+                handler = getattr(self, f"{route}_{request.method.lower()}", None)
+                if handler is None:
+                    raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
+                result: Response = handler(request, **params)
+                return result
+        raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+
+    # /v2/ ------------------------------------------------------------------------------
+
+    def base_get(self, request: Request) -> Response:
+        return Response(b"{}", content_type="application/json")
+
+    base_head = base_get
+
+    # Blobs ------------------------------------------------------------------------------
+
+    def blob_get(self, request: Request, name: str, digest: str) -> Response:
+        return self.repo(name).serve_blob(request.environ, digest)
+
+    blob_head = blob_get
+
+    def blob_delete(self, request: Request, name: str, digest: str) -> Response:
+        self.repo(name).delete(digest)
+        return Response(b"", status=202)
+
+    # Uploads ----------------------------------------------------------------------------
+
+    def uploads_post(self, request: Request, name: str) -> Response:
+        repo = self.repo(name)
+        mount, source = request.args.get("mount"), request.args.get("from")
+        digest = request.args.get("digest")
+        algorithm = check_algorithm(request.args.get("digest-algorithm", "sha256"))
+        if digest is not None:
+            algorithm = parse_digest(digest).algorithm
+        try:
+            writer = repo.create(
+                mount_from=f"{source}@{mount}" if mount and source else None,
+                digest_algorithm=algorithm,
+            )
+        except BlobMounted as mounted:
+            return self.created(name, mounted.descriptor.digest)
+        if digest is None:
+            writer.close()
+            return self.accepted(name, writer)
+        return self.finish(name, writer, request, digest)
+
+    def upload_get(self, request: Request, name: str, upload: str) -> Response:
+        writer = self.repo(name).resume(upload)
+        return self.accepted(name, writer, status=204)
+
+    def upload_patch(self, request: Request, name: str, upload: str) -> Response:
+        writer = self.repo(name).resume(upload)
+        self.receive(writer, request, name)
+        writer.close()
+        return self.accepted(name, writer)
+
+    def upload_put(self, request: Request, name: str, upload: str) -> Response:
+        repo = self.repo(name)
+        digest = request.args.get("digest")
+        if not digest:
+            raise digest_invalid("PUT needs ?digest=")
+        parse_digest(digest)
+        try:
+            writer = repo.resume(upload)
+        except BlobUploadUnknown:
+            # A retried PUT whose first answer was lost: the blob is already here.
+            try:
+                repo.stat(digest)
+            except BlobUnknown:
+                raise BlobUploadUnknown(upload[:100]) from None
+            return self.created(name, digest)
+        return self.finish(name, writer, request, digest)
+
+    def upload_delete(self, request: Request, name: str, upload: str) -> Response:
+        self.repo(name).resume(upload).cancel()
+        return Response(b"", status=204)
+
+    def finish(self, name: str, writer: S3BlobWriter, request: Request, digest: str) -> Response:
+        """Take the request's body (the last chunk, or the whole blob) and commit."""
+        self.receive(writer, request, name)
+        try:
+            descriptor = writer.commit(Descriptor("application/octet-stream", writer.size, digest))
+        except BlobError:
+            writer.close()  # keep what arrived: the upload stays resumable
+            raise
+        return self.created(name, descriptor.digest)
+
+    def receive(self, writer: S3BlobWriter, request: Request, name: str) -> None:
+        """Append the request body; a Content-Range must start where the upload ends."""
+        content_range = request.headers.get("Content-Range")
+        if content_range:
+            match = _CONTENT_RANGE.fullmatch(content_range.strip())
+            if not match:
+                raise upload_invalid(f"malformed Content-Range {content_range[:100]!r}")
+            start, end = int(match.group(1)), int(match.group(2))
+            if start != writer.size or end < start:
+                writer.close()
+                raise RegistryError(
+                    "BLOB_UPLOAD_INVALID",
+                    416,
+                    "chunk out of order",
+                    f"upload has {writer.size} bytes; chunk starts at {start}",
+                    self.upload_headers(name, writer),
+                )
+            if request.content_length is not None and request.content_length != end - start + 1:
+                writer.close()
+                raise upload_invalid("Content-Length does not match Content-Range")
+        try:
+            writer.read_from(get_input_stream(request.environ, max_content_length=None))
+        except ClientDisconnected:
+            writer.close()  # keep what arrived; the client can ask for the Range
+            raise upload_invalid("the request body ended early") from None
+
+    # Manifests, tags, referrers ------------------------------------------------------------
+
+    def manifest_put(self, request: Request, name: str, reference: str) -> Response:
+        body = get_input_stream(request.environ, max_content_length=None).read(4 * 1024 * 1024 + 1)
+        digest, subject = self.manifests(name).put(reference, request.content_type or "", body)
+        headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+        if subject:
+            headers["OCI-Subject"] = subject
+        return Response(b"", status=201, headers=headers)
+
+    def manifest_get(self, request: Request, name: str, reference: str) -> Response:
+        digest, media_type, body = self.manifests(name).get(reference)
+        headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(body))}
+        content = b"" if request.method == "HEAD" else body
+        return Response(content, headers=headers, content_type=media_type)
+
+    manifest_head = manifest_get
+
+    def manifest_delete(self, request: Request, name: str, reference: str) -> Response:
+        self.manifests(name).delete(reference)
+        return Response(b"", status=202)
+
+    def tags_get(self, request: Request, name: str) -> Response:
+        manifests = self.manifests(name)
+        try:
+            n = int(request.args["n"]) if "n" in request.args else None
+        except ValueError:
+            raise RegistryError("UNSUPPORTED", 400, "n must be a number") from None
+        last = request.args.get("last")
+        tags, more = manifests.tags(n, last)
+        if not tags and not last and not manifests.repository_exists():
+            raise name_unknown(name)
+        headers = {}
+        if more and tags:
+            query = urlencode({"n": n, "last": tags[-1]})
+            headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+        body = json.dumps({"name": name, "tags": tags}).encode()
+        return Response(body, headers=headers, content_type="application/json")
+
+    def referrers_get(self, request: Request, name: str, digest: str) -> Response:
+        artifact_type = request.args.get("artifactType")
+        found = self.manifests(name).referrers(parse_digest(digest), artifact_type)
+        headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
+        return Response(json.dumps(body).encode(), headers=headers, content_type=OCI_INDEX)
+
+    # Helpers -------------------------------------------------------------------------------
+
+    def repo(self, name: str) -> RepositoryBlobStore:
+        return self.storage.repository(name)
+
+    def manifests(self, name: str) -> Manifests:
+        return Manifests(self.storage, name, self.manifest_cache)
+
+    def upload_headers(self, name: str, writer: S3BlobWriter) -> dict[str, str]:
+        return {
+            "Location": f"/v2/{name}/blobs/uploads/{quote(writer.id)}",
+            "Range": f"0-{max(writer.size - 1, 0)}",
+            "Docker-Upload-UUID": writer.id,
+        }
+
+    def accepted(self, name: str, writer: S3BlobWriter, status: int = 202) -> Response:
+        return Response(b"", status=status, headers=self.upload_headers(name, writer))
+
+    def created(self, name: str, digest: str) -> Response:
+        headers = {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}
+        return Response(b"", status=201, headers=headers)
+
+
+def create_app() -> RegistryApp:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
+    return RegistryApp(S3BlobStorage.from_env())

@@ -1,0 +1,287 @@
+"""Manifests, tags and referrers of one repository, on S3.
+
+A manifest's bytes are a blob entry (content-addressed, shared); the repository
+holds a revision link per manifest, one object per tag (its body: the digest) and,
+for a manifest with a ``subject``, a referrer entry under the subject (its body: the
+descriptor the referrers API lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from typing import Any
+
+from cachetools import LRUCache
+
+from ..descriptor import Descriptor
+from ..digests import CANONICAL, Digest, parse_digest
+from ..errors import BlobError, BlobUnknown
+from ..paths import is_valid_tag
+from ..s3 import s3_errors
+from ..storage import S3BlobStorage
+from .errors import RegistryError, manifest_invalid, manifest_unknown
+
+MAX_MANIFEST = 4 * 1024 * 1024
+INDEX_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+# Layers that live elsewhere (the manifest gives their urls): not required to be here.
+FOREIGN = (
+    "application/vnd.docker.image.rootfs.foreign",
+    "application/vnd.oci.image.layer.nondistributable",
+)
+
+
+class ManifestCache:
+    """Manifest bytes by digest (immutable, so no TTL), bounded by total size."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._cache: LRUCache[str, tuple[str, bytes]] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda item: len(item[1]) + 100
+        )
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> tuple[str, bytes] | None:
+        with self._lock:
+            return self._cache.get(digest)
+
+    def put(self, digest: str, media_type: str, body: bytes) -> None:
+        if len(body) + 100 <= self._cache.maxsize:
+            with self._lock:
+                self._cache[digest] = (media_type, body)
+
+
+class Manifests:
+    def __init__(self, storage: S3BlobStorage, name: str, cache: ManifestCache) -> None:
+        self.storage, self.name, self.cache = storage, name, cache
+        self.repo = storage.repository(name)
+        self.paths = storage.paths
+        self.client, self.bucket = storage.client, storage.config.bucket
+
+    # PUT ---------------------------------------------------------------------------
+
+    def put(self, reference: str, content_type: str, body: bytes) -> tuple[str, str | None]:
+        """Store a manifest; returns its digest and its subject's digest (or None)."""
+        if len(body) > MAX_MANIFEST:
+            raise RegistryError("MANIFEST_INVALID", 413, "manifest too large", len(body))
+        try:
+            manifest = json.loads(body)
+        except ValueError as exc:
+            raise manifest_invalid(f"not JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise manifest_invalid("a manifest is a JSON object")
+        declared = manifest.get("mediaType")
+        media_type = content_type.split(";")[0].strip() or declared
+        if not media_type:
+            raise manifest_invalid("no media type: send Content-Type or a mediaType field")
+        if declared and declared != media_type:
+            raise manifest_invalid(f"mediaType {declared!r} differs from Content-Type")
+        algorithm = CANONICAL
+        if not is_valid_tag(reference):
+            algorithm = parse_digest(reference).algorithm
+        digest = parse_digest(f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}")
+        if not is_valid_tag(reference) and str(digest) != reference:
+            raise RegistryError(
+                "DIGEST_INVALID",
+                400,
+                "provided digest did not match uploaded content",
+                f"content is {digest}",
+            )
+        self._check_references(manifest, media_type)
+        subject = self._subject(manifest)
+        self.storage.blobs.put(media_type, body, digest.algorithm)
+        self._put(self.paths.revision(self.name, digest), b"")
+        if is_valid_tag(reference):
+            self._put(self.paths.tag(self.name, reference), str(digest).encode())
+        if subject is not None:
+            descriptor = _referrer_descriptor(manifest, media_type, len(body), str(digest))
+            self._put(
+                self.paths.referrer(self.name, subject, digest), json.dumps(descriptor).encode()
+            )
+        self.cache.put(str(digest), media_type, body)
+        return str(digest), str(subject) if subject else None
+
+    def _check_references(self, manifest: dict[str, Any], media_type: str) -> None:
+        """Every blob (or child manifest) a manifest names must be in this repository,
+        as S3 says now (never a cache)."""
+        missing = []
+        if media_type in INDEX_TYPES or "manifests" in manifest:
+            for child in _descriptors(manifest.get("manifests")):
+                if not self._exists(self.paths.revision(self.name, parse_digest(child.digest))):
+                    missing.append(child.digest)
+            if missing:
+                raise manifest_unknown(", ".join(missing))
+            return
+        blobs = _descriptors([manifest["config"]] if "config" in manifest else [])
+        blobs += _descriptors(manifest.get("layers"))
+        for blob in blobs:
+            if blob.urls and blob.media_type.startswith(FOREIGN):
+                continue
+            if not self._exists(self.paths.link(self.name, parse_digest(blob.digest))):
+                missing.append(blob.digest)
+        if missing:
+            raise RegistryError(
+                "MANIFEST_BLOB_UNKNOWN",
+                400,
+                "manifest references a blob unknown to this repository",
+                missing,
+            )
+
+    @staticmethod
+    def _subject(manifest: dict[str, Any]) -> Digest | None:
+        if "subject" not in manifest:
+            return None
+        [subject] = _descriptors([manifest["subject"]])
+        return parse_digest(subject.digest)
+
+    # GET / DELETE ------------------------------------------------------------------
+
+    def resolve(self, reference: str) -> str:
+        """The digest a tag or digest reference names in this repository."""
+        if is_valid_tag(reference):
+            body = self._get(self.paths.tag(self.name, reference))
+            if body is None:
+                raise manifest_unknown(reference)
+            reference = body.decode()
+        digest = parse_digest(reference)
+        if not self._exists(self.paths.revision(self.name, digest)):
+            raise manifest_unknown(reference)
+        return str(digest)
+
+    def get(self, reference: str) -> tuple[str, str, bytes]:
+        """(digest, media type, bytes) of a manifest; MANIFEST_UNKNOWN if not here."""
+        digest = self.resolve(reference)
+        cached = self.cache.get(digest)
+        if cached is None:
+            try:
+                body = self.storage.blobs.get(digest)
+                media_type = self.storage.blobs.stat(digest).media_type
+            except BlobUnknown:
+                raise manifest_unknown(reference) from None
+            cached = (media_type, body)
+            self.cache.put(digest, media_type, body)
+        return digest, cached[0], cached[1]
+
+    def delete(self, reference: str) -> None:
+        if is_valid_tag(reference):
+            if self._get(self.paths.tag(self.name, reference)) is None:
+                raise manifest_unknown(reference)
+            self._delete([self.paths.tag(self.name, reference)])
+            return
+        digest, _, body = self.get(reference)
+        keys = [self.paths.revision(self.name, parse_digest(digest))]
+        keys += [self.paths.tag(self.name, t) for t, d in self._tag_targets() if d == digest]
+        try:
+            subject = self._subject(json.loads(body))
+        except (ValueError, BlobError):
+            subject = None
+        if subject is not None:
+            keys.append(self.paths.referrer(self.name, subject, parse_digest(digest)))
+        self._delete(keys)
+
+    def tags(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        """Tags in lexical order after ``last``, at most ``n``; and whether more follow."""
+        root = self.paths.tags_root(self.name)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": root}
+        if last:
+            args["StartAfter"] = root + last
+        tags: list[str] = []
+        with s3_errors(f"listing tags of {self.name}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(**args):
+                tags += [item["Key"][len(root) :] for item in page.get("Contents", ())]
+                if n is not None and len(tags) > n:
+                    return tags[:n], True
+        return tags, False
+
+    def repository_exists(self) -> bool:
+        with s3_errors(f"looking up {self.name}"):
+            page = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.paths.repository(self.name), MaxKeys=1
+            )
+        return bool(page.get("KeyCount"))
+
+    def referrers(self, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
+        root = self.paths.referrers_root(self.name, subject)
+        found = []
+        with s3_errors(f"listing referrers of {subject}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root
+            ):
+                for item in page.get("Contents", ()):
+                    body = self._get(item["Key"])
+                    if body is not None:
+                        found.append(json.loads(body))
+        if artifact_type:
+            found = [d for d in found if d.get("artifactType") == artifact_type]
+        return found
+
+    # S3 helpers --------------------------------------------------------------------
+
+    def _tag_targets(self) -> list[tuple[str, str]]:
+        tags, _ = self.tags(None, None)
+        targets = []
+        for tag in tags:
+            body = self._get(self.paths.tag(self.name, tag))
+            if body is not None:
+                targets.append((tag, body.decode()))
+        return targets
+
+    def _put(self, key: str, body: bytes) -> None:
+        with s3_errors(f"writing {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            with s3_errors(f"reading {key}", not_found=_Missing):
+                return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except _Missing:
+            return None
+
+    def _exists(self, key: str) -> bool:
+        try:
+            with s3_errors(f"checking {key}", not_found=_Missing):
+                self.client.head_object(Bucket=self.bucket, Key=key)
+        except _Missing:
+            return False
+        return True
+
+    def _delete(self, keys: list[str]) -> None:
+        with s3_errors("deleting manifest keys"):
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
+
+
+class _Missing(Exception):
+    pass
+
+
+def _descriptors(items: Any) -> list[Descriptor]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise manifest_invalid("expected a list of descriptors")
+    out = []
+    for item in items:
+        try:
+            out.append(Descriptor.from_dict(item).validate())
+        except (ValueError, BlobError, AttributeError) as exc:
+            raise manifest_invalid(f"bad descriptor {str(item)[:200]}: {exc}") from None
+    return out
+
+
+def _referrer_descriptor(
+    manifest: dict[str, Any], media_type: str, size: int, digest: str
+) -> dict[str, Any]:
+    descriptor: dict[str, Any] = {"mediaType": media_type, "size": size, "digest": digest}
+    artifact_type = manifest.get("artifactType") or manifest.get("config", {}).get("mediaType")
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    if manifest.get("annotations"):
+        descriptor["annotations"] = manifest["annotations"]
+    return descriptor
