@@ -35,6 +35,13 @@ def blob_headers(descriptor: Descriptor) -> Headers:
     )
 
 
+def head_response(headers: Headers, size: int, content_type: str | None = None) -> Response:
+    """A bodiless answer that still tells the length of the body a GET would get."""
+    response = Response(headers=headers, content_type=content_type)
+    response.headers["Content-Length"] = str(size)  # after the (empty) body set it to 0
+    return response
+
+
 def serve(
     environ: dict[str, Any],
     descriptor: Descriptor,
@@ -45,8 +52,7 @@ def serve(
     headers = blob_headers(descriptor)
     method = environ.get("REQUEST_METHOD", "GET").upper()
     if method == "HEAD":
-        headers["Content-Length"] = str(descriptor.size)
-        return Response(b"", status=200, headers=headers)
+        return head_response(headers, descriptor.size)
     if method != "GET":
         raise ValueError(f"serve_blob answers GET and HEAD, not {method}")
     if config.redirect:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
@@ -22,6 +23,7 @@ from ..digests import check_algorithm, parse_digest
 from ..errors import BlobError, BlobMounted, BlobUnknown, BlobUploadUnknown
 from ..names import validate_repository_name
 from ..repository import RepositoryBlobStore
+from ..serving import head_response
 from ..storage import S3BlobStorage
 from ..writer import S3BlobWriter
 from .errors import (
@@ -207,9 +209,10 @@ class RegistryApp:
 
     def manifest_get(self, request: Request, name: str, reference: str) -> Response:
         digest, media_type, body = self.manifests(name).get(reference)
-        headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(body))}
-        content = b"" if request.method == "HEAD" else body
-        return Response(content, headers=headers, content_type=media_type)
+        headers = Headers({"Docker-Content-Digest": digest})
+        if request.method == "HEAD":
+            return head_response(headers, len(body), media_type)
+        return Response(body, headers=headers, content_type=media_type)
 
     manifest_head = manifest_get
 

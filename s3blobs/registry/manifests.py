@@ -115,7 +115,12 @@ class Manifests:
                 if not self._exists(self.paths.revision(self.name, parse_digest(child.digest))):
                     missing.append(child.digest)
             if missing:
-                raise manifest_unknown(", ".join(missing))
+                raise RegistryError(
+                    "MANIFEST_BLOB_UNKNOWN",
+                    400,
+                    "manifest references a manifest unknown here",
+                    missing,
+                )
             return
         blobs = _descriptors([manifest["config"]] if "config" in manifest else [])
         blobs += _descriptors(manifest.get("layers"))
