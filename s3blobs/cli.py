@@ -8,6 +8,7 @@ AWS account: a demo, not storage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -52,10 +53,8 @@ def run_serve(host: str, port: int) -> int:
     storage = S3BlobStorage.from_env(environ)
     server = make_server(host, port, RegistryApp(storage), threaded=True)
     say(f"registry on http://{host}:{server.port} (bucket {storage.config.bucket!r})")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
