@@ -6,6 +6,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +79,26 @@ class S3Calls:
 
     def by_op(self) -> Counter[str]:
         return Counter(self.ops)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``after_all`` run last: they read what the whole run recorded."""
+    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    test_files = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    ran = {item.path.name for item in session.items}
+    session.config.stash[FULL_SUITE] = ran >= test_files and not session.config.option.keyword
+
+
+FULL_SUITE = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def full_suite(request: pytest.FixtureRequest) -> bool:
+    """True when this run collected every test of every test file."""
+    return request.config.stash.get(FULL_SUITE, False)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 ``s3blobs serve`` runs as its own process on an embedded S3, exactly as the README's
 command starts it. Pulls follow the registry's 307 redirects to S3. CI sets
-S3BLOBS_REQUIRE_E2E=1, so a missing client fails there instead of skipping.
+S3BLOBS_REQUIRE_TOOLS=1, so a missing client fails there instead of skipping.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.e2e
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        if os.environ.get("S3BLOBS_REQUIRE_E2E"):
-            pytest.fail(f"{tool} is required here (S3BLOBS_REQUIRE_E2E is set)")
+        if os.environ.get("S3BLOBS_REQUIRE_TOOLS"):
+            pytest.fail(f"{tool} is required here (S3BLOBS_REQUIRE_TOOLS is set)")
         pytest.skip(f"{tool} is not installed")
     return path
 
