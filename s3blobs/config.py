@@ -66,6 +66,13 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
         """Read every ``S3BLOBS_*`` variable; ``overrides`` win over the environment."""
         env = os.environ if environ is None else environ
+        if env.get("S3BLOBS_COPY_THRESHOLD", "").strip():
+            # DESIGN.md lists it from distribution's driver, whose commit copies each blob.
+            # s3blobs never copies, so the setting would silently do nothing: refuse it.
+            raise ConfigError(
+                "S3BLOBS_COPY_THRESHOLD has no effect: s3blobs never copies blobs "
+                "(uploads stay where their parts were written); unset it"
+            )
 
         def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
             raw = env.get(f"S3BLOBS_{name}", "").strip()

@@ -111,20 +111,20 @@ class RepositoryBlobStore(BlobStore):
                     if digest is not None:
                         yield digest
 
-    def put(self, media_type: str, data: bytes) -> Descriptor:
+    def put(self, media_type: str, data: bytes, *, digest_algorithm: str = CANONICAL) -> Descriptor:
         """Store ``data`` and link it here. Idempotent: existing content is not rewritten.
 
-        Up to one part it is one PutObject that S3 verifies by its SHA-256 checksum;
-        larger data goes through the multipart writer.
+        Up to one part it is one PutObject (that S3 verifies by its SHA-256 checksum,
+        for a sha256 digest); larger data goes through the multipart writer.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"put takes bytes, not {type(data).__name__}")
         media_type = media_type or DEFAULT_MEDIA_TYPE
         if len(data) > self._uploads.config.part_size:
-            with self.create() as writer:
+            with self.create(digest_algorithm=digest_algorithm) as writer:
                 writer.write(data)
                 return writer.commit(Descriptor(media_type, writer.size, writer.computed_digest()))
-        descriptor = _put_small(self._entries, media_type, data, CANONICAL)
+        descriptor = _put_small(self._entries, media_type, data, check_algorithm(digest_algorithm))
         self.link(descriptor)
         return descriptor
 

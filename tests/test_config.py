@@ -91,6 +91,11 @@ def test_bucket_is_required() -> None:
         Config.from_env({})
 
 
+def test_copy_threshold_is_refused_not_ignored() -> None:
+    with pytest.raises(ConfigError, match="S3BLOBS_COPY_THRESHOLD"):
+        Config.from_env({**BASE, "S3BLOBS_COPY_THRESHOLD": "32MiB"})
+
+
 def test_kms_key_needs_kms_mode() -> None:
     with pytest.raises(ConfigError, match="S3BLOBS_SSE"):
         Config.from_env({**BASE, "S3BLOBS_SSE_KMS_KEY_ID": "alias/k"})

@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from werkzeug.test import Client, TestResponse
 
-from conftest import PART, all_keys, open_uploads
+from conftest import PART, S3Calls, all_keys, open_uploads
 from s3blobs import Config, S3BlobStorage
 from s3blobs.registry import RegistryApp
 
@@ -364,3 +364,22 @@ def test_client_errors_are_never_500(client: Client) -> None:
     for method, url in requests:
         response = client.open(url, method=method, data=b"junk")
         assert 400 <= response.status_code < 500, (method, url, response.status_code, response.data)
+
+
+def test_small_monolithic_post_is_one_put(config: Config) -> None:
+    storage = S3BlobStorage(config)
+    client = Client(RegistryApp(storage))
+    calls = S3Calls(storage.client)
+    push(client, "monolithic", b"one request", "sha256")
+    assert calls.ops == ["PutObject", "PutObject"]  # the entry, the link
+
+
+@pytest.mark.parametrize("size", [10, PART + 10])
+def test_failed_monolithic_post_leaves_nothing(client: Client, s3: Any, size: int) -> None:
+    response = client.post(
+        "/v2/conf/app/blobs/uploads/",
+        query_string={"digest": digest_of(b"other")},
+        data=os.urandom(size),
+    )
+    assert response.status_code == 400 and error_code(response) == "DIGEST_INVALID"
+    assert open_uploads(s3) == [] and all_keys(s3) == []

@@ -6,6 +6,7 @@ the writer from S3, so any number of processes (or machines) can serve one regis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from werkzeug.wsgi import get_input_stream
 
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
-from ..errors import BlobError, BlobMounted, BlobUnknown, BlobUploadUnknown
+from ..errors import BlobError, BlobInvalidDigest, BlobMounted, BlobUnknown, BlobUploadUnknown
 from ..names import validate_repository_name
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
@@ -118,6 +119,9 @@ class RegistryApp:
         algorithm = check_algorithm(request.args.get("digest-algorithm", "sha256"))
         if digest is not None:
             algorithm = parse_digest(digest).algorithm
+            size = request.content_length
+            if size is not None and size <= self.storage.config.part_size:
+                return self.monolithic(name, request, digest, size)
         try:
             writer = repo.create(
                 mount_from=f"{source}@{mount}" if mount and source else None,
@@ -128,7 +132,24 @@ class RegistryApp:
         if digest is None:
             writer.close()
             return self.accepted(name, writer)
-        return self.finish(name, writer, request, digest)
+        try:
+            return self.finish(name, writer, request, digest)
+        except Exception:
+            writer.cancel()  # the client never saw this upload: leave nothing behind
+            raise
+
+    def monolithic(self, name: str, request: Request, digest: str, size: int) -> Response:
+        """``POST ?digest=`` of up to one part: a put, with no multipart upload at all."""
+        body = get_input_stream(request.environ, max_content_length=None).read(size)
+        if len(body) != size:
+            raise upload_invalid("the request body ended early")
+        expected = parse_digest(digest)
+        if hashlib.new(expected.algorithm, body).hexdigest() != expected.hex:
+            raise BlobInvalidDigest(digest, "content does not match")
+        descriptor = self.repo(name).put(
+            "application/octet-stream", body, digest_algorithm=expected.algorithm
+        )
+        return self.created(name, descriptor.digest)
 
     def upload_get(self, request: Request, name: str, upload: str) -> Response:
         writer = self.repo(name).resume(upload)
