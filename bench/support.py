@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,22 +32,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A moto server in a separate process (so it does not share our GIL), on loopback."""
+def moto_server(counting: bool = False) -> Iterator[str]:
+    """A moto server in a separate process (so it does not share our GIL), on loopback;
+    with ``counting``, one that counts S3 operations and bytes (bench.s3_counter)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from moto.server import main; main()",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if counting:
+        command = [sys.executable, "-m", "bench.s3_counter", str(port)]
+    else:
+        serve = "from moto.server import main; main()"
+        command = [sys.executable, "-c", serve, "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 30
@@ -61,6 +57,14 @@ def moto_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def server_counts(endpoint: str, reset: bool = False) -> dict[str, Counter[str]]:
+    """What a counting server (``moto_server(counting=True)``) saw; ``reset`` zeroes it."""
+    request = urllib.request.Request(f"{endpoint}/__counts", method="POST" if reset else "GET")
+    with urllib.request.urlopen(request) as response:
+        data = json.load(response)
+    return {name: Counter(values) for name, values in data.items()}
 
 
 def new_bucket(endpoint: str) -> str:
