@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 from bench.s3_counter import PRESIGNED_GET
-from bench.support import MiB, free_port, moto_server, new_bucket, server_counts
+from bench.support import MiB, free_port, moto_server, new_bucket, server_counts, wait_for_port
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import RegistryApp
 
@@ -90,15 +89,7 @@ def go_registry(endpoint: str, workdir: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("docker-registry did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, proc, "docker-registry")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

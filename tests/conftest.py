@@ -178,6 +178,17 @@ def server_env(moto_server: str) -> dict[str, str]:
     }
 
 
+def s3_error(status: int, code: str) -> Any:
+    """What S3 answers on failure, for a ``before-send`` hook to return instead of sending."""
+    from botocore.awsrequest import AWSResponse
+
+    class Raw:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+
+    return AWSResponse("https://s3.amazonaws.com", status, {}, Raw())
+
+
 def all_keys(s3: Any) -> list[str]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
     return [item["Key"] for page in pages for item in page.get("Contents", ())]

@@ -9,10 +9,9 @@ import os
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from werkzeug.test import Client, TestResponse
 
-from conftest import PART, S3Calls, all_keys, open_uploads
+from conftest import PART, S3Calls, all_keys, open_uploads, s3_error
 from s3blobs import Config, S3BlobStorage
 from s3blobs.registry import RegistryApp
 
@@ -327,8 +326,8 @@ def test_throttling_is_429_with_retry_after(config: Config) -> None:
     storage = S3BlobStorage(config)
     client = Client(RegistryApp(storage))
 
-    def slow_down(**_: Any) -> AWSResponse:
-        return AWSResponse("https://s3", 503, {}, _Body(b"<Error><Code>SlowDown</Code></Error>"))
+    def slow_down(**_: Any) -> Any:
+        return s3_error(503, "SlowDown")
 
     storage.client.meta.events.register_first("before-send.s3.HeadObject", slow_down)
     response = client.head(f"/v2/conf/app/blobs/{digest_of(b'x')}")
@@ -336,14 +335,6 @@ def test_throttling_is_429_with_retry_after(config: Config) -> None:
     assert response.headers["Retry-After"] == "1"
     response = client.get(f"/v2/conf/app/blobs/{digest_of(b'x')}")
     assert error_code(response) == "TOOMANYREQUESTS"
-
-
-class _Body:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
 
 
 def test_client_errors_are_never_500(client: Client) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import requests
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from conftest import PART, S3Calls
+from netutil import free_port, wait_for_port
 from s3blobs import BlobUnknown, Config, DescriptorCacheFactory, S3BlobStorage
 
 
@@ -64,12 +64,6 @@ def test_warm_redirect_costs_no_request(config: Config) -> None:
         assert status.startswith("307") and calls.count == 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def rclone_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """``rclone serve s3``: a second S3 implementation, one that checks signatures."""
@@ -93,14 +87,7 @@ def rclone_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "rclone did not start"
-                time.sleep(0.1)
+        wait_for_port(port, proc, "rclone serve s3")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "RCKEY")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "RCSECRET")
         yield f"http://127.0.0.1:{port}"

@@ -8,9 +8,8 @@ import os
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
-from conftest import BUCKET, PART, S3Calls, all_keys
+from conftest import BUCKET, PART, S3Calls, all_keys, s3_error
 from s3blobs import (
     BlobDigestUnsupported,
     BlobInvalidDigest,
@@ -235,23 +234,14 @@ def test_prefix_places_every_key(s3: Any) -> None:
 def _inject(client: Any, operation: str, status: int, code: str, times: int) -> list[int]:
     seen: list[int] = []
 
-    def fail(**_: Any) -> AWSResponse | None:
+    def fail(**_: Any) -> Any:
         if len(seen) >= times:
             return None
         seen.append(status)
-        body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-        return AWSResponse("https://s3", status, {}, _Raw(body))
+        return s3_error(status, code)
 
     client.meta.events.register_first(f"before-send.s3.{operation}", fail)
     return seen
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
 
 
 def test_transient_errors_are_retried(repo: Any, storage: S3BlobStorage) -> None:

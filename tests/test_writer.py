@@ -11,12 +11,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import s3blobs.writer
-from conftest import BUCKET, PART, S3Calls, all_keys, open_uploads
+from conftest import BUCKET, PART, S3Calls, all_keys, open_uploads, s3_error
 from s3blobs import (
     BlobInvalidDigest,
     BlobInvalidLength,
@@ -429,11 +428,9 @@ def test_s3_failure_mid_upload_keeps_the_upload_resumable(
 
     failures = [0]
 
-    def fail(**_: Any) -> AWSResponse:
+    def fail(**_: Any) -> Any:
         failures[0] += 1
-        return AWSResponse(
-            "https://s3", 500, {}, _Body(b"<Error><Code>InternalError</Code></Error>")
-        )
+        return s3_error(500, "InternalError")
 
     storage.client.meta.events.register_first("before-send.s3.UploadPart", fail)
     broken = repo.resume(writer.id)
@@ -454,11 +451,11 @@ def test_s3_failure_mid_upload_keeps_the_upload_resumable(
 def test_one_transient_part_failure_is_retried(repo: Any, storage: S3BlobStorage) -> None:
     failed: list[int] = []
 
-    def fail_once(**_: Any) -> AWSResponse | None:
+    def fail_once(**_: Any) -> Any:
         if failed:
             return None
         failed.append(1)
-        return AWSResponse("https://s3", 503, {}, _Body(b"<Error><Code>SlowDown</Code></Error>"))
+        return s3_error(503, "SlowDown")
 
     storage.client.meta.events.register_first("before-send.s3.UploadPart", fail_once)
     data = os.urandom(2 * PART + 1)
@@ -466,14 +463,6 @@ def test_one_transient_part_failure_is_retried(repo: Any, storage: S3BlobStorage
     writer.write(data)
     assert repo.get(writer.commit(desc(data)).digest) == data
     assert failed == [1]
-
-
-class _Body:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
 
 
 # put() of large data ----------------------------------------------------------------

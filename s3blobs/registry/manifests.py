@@ -107,33 +107,27 @@ class Manifests:
         return str(digest), str(subject) if subject else None
 
     def _check_references(self, manifest: dict[str, Any], media_type: str) -> None:
-        """Every blob (or child manifest) a manifest names must be in this repository,
-        as S3 says now (never a cache)."""
-        missing = []
+        """Every blob (or, for an index, every manifest) a manifest names must be in this
+        repository, as S3 says now (never a cache)."""
         if media_type in INDEX_TYPES or "manifests" in manifest:
-            for child in _descriptors(manifest.get("manifests")):
-                if not self._exists(self.paths.revision(self.name, parse_digest(child.digest))):
-                    missing.append(child.digest)
-            if missing:
-                raise RegistryError(
-                    "MANIFEST_BLOB_UNKNOWN",
-                    400,
-                    "manifest references a manifest unknown here",
-                    missing,
-                )
-            return
-        blobs = _descriptors([manifest["config"]] if "config" in manifest else [])
-        blobs += _descriptors(manifest.get("layers"))
-        for blob in blobs:
-            if blob.urls and blob.media_type.startswith(FOREIGN):
-                continue
-            if not self._exists(self.paths.link(self.name, parse_digest(blob.digest))):
-                missing.append(blob.digest)
+            keys = {
+                child.digest: self.paths.revision(self.name, parse_digest(child.digest))
+                for child in _descriptors(manifest.get("manifests"))
+            }
+        else:
+            blobs = _descriptors([manifest["config"]] if "config" in manifest else [])
+            blobs += _descriptors(manifest.get("layers"))
+            keys = {
+                blob.digest: self.paths.link(self.name, parse_digest(blob.digest))
+                for blob in blobs
+                if not (blob.urls and blob.media_type.startswith(FOREIGN))
+            }
+        missing = [digest for digest, key in keys.items() if not self._exists(key)]
         if missing:
             raise RegistryError(
                 "MANIFEST_BLOB_UNKNOWN",
                 400,
-                "manifest references a blob unknown to this repository",
+                "manifest references what this repository lacks",
                 missing,
             )
 
