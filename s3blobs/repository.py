@@ -74,12 +74,12 @@ class GlobalBlobStore(BlobStore):
     def enumerate(self) -> Iterator[str]:
         return self._entries.enumerate()
 
-    def put(self, media_type: str, data: bytes, algorithm: str = CANONICAL) -> Descriptor:
+    def put(self, media_type: str, data: bytes, *, digest_algorithm: str = CANONICAL) -> Descriptor:
         """Store content of up to one part without linking it anywhere (manifests):
         one conditional PutObject; existing content is not rewritten."""
         if len(data) > self._entries.config.part_size:
             raise BlobTooLarge("the global store takes at most one part; use a writer")
-        return _put_small(self._entries, media_type, data, algorithm)
+        return _put_small(self._entries, media_type, data, check_algorithm(digest_algorithm))
 
 
 class RepositoryBlobStore(BlobStore):

@@ -68,7 +68,7 @@ class RegistryApp:
             response = self.dispatch(request)
         except RegistryError as exc:
             response = exc.response(request.method)
-        except (BlobError, ValueError) as exc:
+        except Exception as exc:
             error = translate(exc)
             if error is None:
                 log.exception("unexpected error on %s %s", request.method, request.path)

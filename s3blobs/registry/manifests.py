@@ -94,7 +94,7 @@ class Manifests:
             )
         self._check_references(manifest, media_type)
         subject = self._subject(manifest)
-        self.storage.blobs.put(media_type, body, digest.algorithm)
+        self.storage.blobs.put(media_type, body, digest_algorithm=digest.algorithm)
         self._put(self.paths.revision(self.name, digest), b"")
         if is_valid_tag(reference):
             self._put(self.paths.tag(self.name, reference), str(digest).encode())
