@@ -374,3 +374,24 @@ def test_failed_monolithic_post_leaves_nothing(client: Client, s3: Any, size: in
     )
     assert response.status_code == 400 and error_code(response) == "DIGEST_INVALID"
     assert open_uploads(s3) == [] and all_keys(s3) == []
+
+
+def test_body_ending_early_keeps_what_arrived(client: Client) -> None:
+    location = start(client)
+    declared, arrived = 4 * 1024 * 1024, 3 * 1024 * 1024 + 50
+    response = client.patch(
+        location,
+        input_stream=io.BytesIO(b"x" * arrived),
+        headers={"Content-Range": f"0-{declared - 1}"},
+        environ_overrides={"CONTENT_LENGTH": str(declared)},  # the client promised more
+    )
+    assert response.status_code == 400 and error_code(response) == "BLOB_UPLOAD_INVALID"
+    # what arrived is kept; the client asks for the Range and goes on from there
+    assert client.get(location).headers["Range"] == f"0-{arrived - 1}"
+
+
+def test_content_length_must_match_content_range(client: Client) -> None:
+    location = start(client)
+    response = client.patch(location, data=b"x" * 10, headers={"Content-Range": "0-19"})
+    assert response.status_code == 400 and error_code(response) == "BLOB_UPLOAD_INVALID"
+    assert client.get(location).headers["Range"] == "0-0"  # nothing was taken
