@@ -44,8 +44,10 @@ class BlobEntries:
         self.config = config
         self.bucket = config.bucket
         self.paths = paths
-        # digest -> Location. Blobs are immutable, so only a delete makes one stale,
-        # and deletes in this process forget it; no TTL is needed.
+        # digest -> Location. Blobs are immutable, so only a delete makes one stale:
+        # deletes in this process forget it, and every HeadObject of the entry (each
+        # descriptor-cache miss) refreshes it, so a blob deleted and pushed again by
+        # another process is followed within the descriptor cache's TTL.
         self._locations: LRUCache[str, Location] = LRUCache(maxsize=10_000)
         self._lock = threading.Lock()
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,6 +26,8 @@ from .config import Config
 from .errors import BlobUploadConflict, BlobUploadUnknown
 from .paths import Paths, is_valid_upload_token
 from .s3 import encryption_args, s3_errors
+
+log = logging.getLogger(__name__)
 
 #: How long a writer that uploads parts holds its claim on the upload without renewing
 #: it. Another writer may take an upload over once its claim is this old (a crash).
@@ -114,7 +117,6 @@ class StoredState:
 
     state: UploadState
     etag: str | None = None
-    garbage: list[str] = field(default_factory=list)
 
 
 class UploadStore:
@@ -200,7 +202,10 @@ class UploadStore:
         return piece
 
     def get_piece(self, state: UploadState, piece: Piece) -> bytes:
-        with s3_errors("reading an upload's buffered bytes"):
+        def expired() -> BlobUploadUnknown:
+            return BlobUploadUnknown(f"upload {state.id[:100]} lost saved bytes (expired?)")
+
+        with s3_errors("reading an upload's buffered bytes", not_found=expired):
             response = self.client.get_object(
                 Bucket=self.bucket, Key=self.paths.upload_piece(state.id, piece.name)
             )
@@ -217,9 +222,12 @@ class UploadStore:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             with s3_errors("removing upload state"):
-                self.client.delete_objects(
+                response = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
+            for error in response.get("Errors", ()):
+                # What is left behind expires by the bucket's lifecycle rules.
+                log.warning("could not delete %s: %s", error.get("Key"), error.get("Code"))
 
     def remove(self, state: UploadState, extra: list[str]) -> None:
         """Remove the state, its pieces and ``extra`` keys: one request for most uploads."""
