@@ -201,7 +201,6 @@ class RegistryApp:
                 raise upload_invalid(f"malformed Content-Range {content_range[:100]!r}")
             start, end = int(match.group(1)), int(match.group(2))
             if start != writer.size or end < start:
-                writer.close()
                 raise RegistryError(
                     "BLOB_UPLOAD_INVALID",
                     416,
@@ -210,7 +209,6 @@ class RegistryApp:
                     self.upload_headers(name, writer),
                 )
             if request.content_length is not None and request.content_length != end - start + 1:
-                writer.close()
                 raise upload_invalid("Content-Length does not match Content-Range")
         try:
             writer.read_from(get_input_stream(request.environ, max_content_length=None))
