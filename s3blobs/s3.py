@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,6 +13,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Config
 from .errors import StorageError, StorageThrottled
+
+log = logging.getLogger(__name__)
 
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 PRECONDITION_FAILED = frozenset({"412", "PreconditionFailed"})
@@ -96,6 +99,19 @@ def s3_errors(
         raise storage_error(action, exc) from exc
     except BotoCoreError as exc:
         raise storage_error(action, exc) from exc
+
+
+def delete_keys(client: Any, bucket: str, keys: list[str], action: str) -> None:
+    """Delete objects, 1,000 per DeleteObjects request. Keys S3 could not delete are
+    logged: what is left behind is garbage that lifecycle rules or gc remove."""
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": key} for key in keys[start : start + 1000]]
+        with s3_errors(action):
+            response = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+        for error in response.get("Errors", ()):
+            log.warning("%s: could not delete %s: %s", action, error.get("Key"), error.get("Code"))
 
 
 def encryption_args(config: Config) -> dict[str, str]:

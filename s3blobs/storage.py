@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,6 +17,7 @@ from .descriptors import (
     LinkedDescriptors,
 )
 from .errors import BucketNotFound
+from .gc import DEFAULT_GRACE, sweep_orphan_data
 from .paths import Paths
 from .repository import GlobalBlobStore, RepositoryBlobStore
 from .s3 import error_code, make_client, storage_error
@@ -69,6 +71,12 @@ class S3BlobStorage:
         links = LinkedDescriptors(self._entries, name)
         store = RepositoryBlobStore(name, self._entries, self._uploads, links, self._wrap(links))
         return store
+
+    def sweep_orphan_data(
+        self, grace: timedelta = DEFAULT_GRACE, dry_run: bool = False
+    ) -> list[str]:
+        """Delete data objects no entry names, once older than ``grace`` (see gc.py)."""
+        return sweep_orphan_data(self._entries, grace, dry_run)
 
     def _wrap(self, service: BlobDescriptorService) -> BlobDescriptorService:
         factory = self.descriptor_service_factory

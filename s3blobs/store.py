@@ -87,6 +87,22 @@ class BlobEntries:
 
     def enumerate(self) -> Iterator[str]:
         """Every stored digest, one listing page (1,000 keys) in memory at a time."""
+        for digest, _ in self._listing():
+            yield digest
+
+    def data_in_use(self) -> set[str]:
+        """Every data key an entry names: a listing of the entries, and one HeadObject
+        per empty entry (pointers are empty objects; so is the empty blob)."""
+        in_use = set()
+        for digest, item in self._listing():
+            if item["Size"] == 0:
+                location = self.head(parse_digest(digest))[1]
+                if location.key != item["Key"]:
+                    in_use.add(location.key)
+        return in_use
+
+    def _listing(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(digest, listed object) of every entry, a page at a time."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.paths.blobs_root
         )
@@ -95,7 +111,7 @@ class BlobEntries:
                 for item in page.get("Contents", ()):
                     digest = self.paths.digest_of_blob_key(item["Key"])
                     if digest is not None:
-                        yield digest
+                        yield digest, item
 
     # Writes --------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -25,9 +24,7 @@ from typing import Any
 from .config import Config
 from .errors import BlobUploadConflict, BlobUploadUnknown
 from .paths import Paths, is_valid_upload_token
-from .s3 import encryption_args, s3_errors
-
-log = logging.getLogger(__name__)
+from .s3 import delete_keys, encryption_args, s3_errors
 
 #: How long a writer that uploads parts holds its claim on the upload without renewing
 #: it. Another writer may take an upload over once its claim is this old (a crash).
@@ -218,16 +215,7 @@ class UploadStore:
         return [self.paths.upload_piece(state.id, p.name) for p in pieces]
 
     def delete_keys(self, keys: list[str]) -> None:
-        """Delete objects in batches of 1,000 (one DeleteObjects request each)."""
-        for start in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[start : start + 1000]]
-            with s3_errors("removing upload state"):
-                response = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-            for error in response.get("Errors", ()):
-                # What is left behind expires by the bucket's lifecycle rules.
-                log.warning("could not delete %s: %s", error.get("Key"), error.get("Code"))
+        delete_keys(self.client, self.bucket, keys, "removing upload state")
 
     def remove(self, state: UploadState, extra: list[str]) -> None:
         """Remove the state, its pieces and ``extra`` keys: one request for most uploads."""

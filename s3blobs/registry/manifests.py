@@ -19,7 +19,7 @@ from ..descriptor import Descriptor
 from ..digests import CANONICAL, Digest, parse_digest
 from ..errors import BlobError, BlobUnknown
 from ..paths import is_valid_tag
-from ..s3 import s3_errors
+from ..s3 import delete_keys, s3_errors
 from ..storage import S3BlobStorage
 from .errors import RegistryError, manifest_invalid, manifest_unknown
 
@@ -250,10 +250,7 @@ class Manifests:
         return True
 
     def _delete(self, keys: list[str]) -> None:
-        with s3_errors("deleting manifest keys"):
-            self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
-            )
+        delete_keys(self.client, self.bucket, keys, f"deleting manifest keys of {self.name}")
 
 
 class _Missing(Exception):
