@@ -39,6 +39,14 @@ def desc(data: bytes, algorithm: str = "sha256", media_type: str = "application/
     )
 
 
+def written_then_resumed(repo: Any, data: bytes) -> Any:
+    """A writer that took ``data``, was closed, and is resumed: as a registry's PUT sees it."""
+    writer = repo.create()
+    writer.write(data)
+    writer.close()
+    return repo.resume(writer.id)
+
+
 def upload_keys(s3: Any) -> list[str]:
     return [k for k in all_keys(s3) if k.startswith("_uploads/")]
 
@@ -180,10 +188,7 @@ def test_undeclared_algorithm_mismatch_stores_nothing(repo: Any, s3: Any) -> Non
 
 def test_commit_does_not_read_back(repo: Any, storage: S3BlobStorage) -> None:
     data = os.urandom(2 * PART + 7)
-    writer = repo.create()
-    writer.write(data)
-    writer.close()
-    writer = repo.resume(writer.id)
+    writer = written_then_resumed(repo, data)
     calls = S3Calls(storage.client)
     writer.commit(desc(data))
     gets = [op for op in calls.ops if op == "GetObject"]
@@ -223,11 +228,7 @@ def test_nine_700k_chunks_with_close_resume_between(repo: Any, storage: S3BlobSt
 @pytest.mark.parametrize("size", [0, 1, PART - 1, PART, PART + 1])
 def test_boundary_sizes(repo: Any, size: int, s3: Any) -> None:
     data = os.urandom(size)
-    writer = repo.create()
-    writer.write(data)
-    writer.close()
-    writer = repo.resume(writer.id)
-    descriptor = writer.commit(desc(data))
+    descriptor = written_then_resumed(repo, data).commit(desc(data))
     assert descriptor.size == size
     assert repo.get(descriptor.digest) == data
     assert_clean(s3)
@@ -307,10 +308,7 @@ def test_commit_costs_at_most_eight_requests_and_never_copies(
     repo: Any, storage: S3BlobStorage, size: int
 ) -> None:
     data = os.urandom(size)
-    writer = repo.create()
-    writer.write(data)
-    writer.close()
-    writer = repo.resume(writer.id)
+    writer = written_then_resumed(repo, data)
     calls = S3Calls(storage.client)
     writer.commit(desc(data))
     assert calls.count <= 8, calls.ops
