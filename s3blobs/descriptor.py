@@ -10,15 +10,6 @@ from typing import Any
 from .digests import parse_digest
 from .errors import BlobInvalidDigest
 
-_WIRE_NAMES = {
-    "media_type": "mediaType",
-    "size": "size",
-    "digest": "digest",
-    "urls": "urls",
-    "annotations": "annotations",
-    "platform": "platform",
-}
-
 
 @dataclass(frozen=True)
 class Descriptor:
@@ -44,15 +35,17 @@ class Descriptor:
 
     def to_dict(self) -> dict[str, Any]:
         """The descriptor under its wire names, with empty optional fields left out."""
-        out: dict[str, Any] = {}
-        for name, wire in _WIRE_NAMES.items():
-            value = getattr(self, name)
-            if name in ("media_type", "size", "digest") or value:
-                out[wire] = (
-                    list(value)
-                    if name == "urls"
-                    else (dict(value) if isinstance(value, Mapping) else value)
-                )
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "size": self.size,
+            "digest": self.digest,
+        }
+        if self.urls:
+            out["urls"] = list(self.urls)
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.platform:
+            out["platform"] = dict(self.platform)
         return out
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ import re
 import uuid
 
 from .digests import Digest, parse_digest
+from .errors import BlobError
 
 UPLOADS = "_uploads/"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,1024}")
@@ -124,5 +125,5 @@ def _digest_or_none(algorithm: str, hex_: str, fanout: str | None = None) -> str
         return None
     try:
         return str(parse_digest(f"{algorithm}:{hex_}"))
-    except Exception:
+    except BlobError:  # a key s3blobs did not write
         return None
