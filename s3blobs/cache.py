@@ -1,7 +1,7 @@
 """The caching BlobDescriptorService middleware (distribution's cachedBlobStatter).
 
 One bounded TTL cache serves every repository of a storage and its global store,
-keyed by digest and then scope, so a global delete drops the digest everywhere.
+keyed by (scope, digest); a global delete drops the digest from every scope.
 Only hits are cached; misses and errors always go to the service behind.
 """
 
@@ -28,14 +28,14 @@ class CacheStats:
     errors: int = 0
 
 
-class _CountingTTLCache(TTLCache[str, dict[str, Descriptor]]):
+class _CountingTTLCache(TTLCache[tuple[str, str], Descriptor]):
     def __init__(
         self, maxsize: int, ttl: float, timer: Callable[[], float], stats: CacheStats
     ) -> None:
         super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
         self._stats = stats
 
-    def popitem(self) -> tuple[str, dict[str, Descriptor]]:
+    def popitem(self) -> tuple[tuple[str, str], Descriptor]:
         item = super().popitem()
         self._stats.evictions += 1
         return item
@@ -45,8 +45,9 @@ class DescriptorCacheFactory:
     """``BlobDescriptorServiceFactory``: pass as ``S3BlobStorage(config,
     descriptor_service_factory=DescriptorCacheFactory(maxsize=..., ttl=...))``.
 
-    ``maxsize`` counts digests; ``ttl`` (seconds) bounds how long another process's
-    delete can go unseen here. Deletes in this process invalidate at once.
+    ``maxsize`` counts descriptors (one per repository and digest); ``ttl`` (seconds)
+    bounds how long another process's delete can go unseen here. Deletes in this
+    process invalidate at once.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class DescriptorCacheFactory:
 
     def get(self, digest: str, scope: str) -> Descriptor | None:
         with self._lock:
-            found = self._cache.get(digest, {}).get(scope)
+            found = self._cache.get((scope, digest))
             if found is None:
                 self.stats.misses += 1
             else:
@@ -83,19 +84,18 @@ class DescriptorCacheFactory:
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
-            scopes = dict(self._cache.get(digest, {}))
-            scopes[scope] = descriptor
-            self._cache[digest] = scopes
+            self._cache[(scope, digest)] = descriptor
 
     def invalidate(self, digest: str, scope: str) -> None:
         """Drop ``digest`` for ``scope``; for the global scope (''), everywhere."""
         with self._lock:
             self._generation += 1
-            scopes = self._cache.pop(digest, None)
-            if scopes is not None and scope:
-                scopes.pop(scope, None)
-                if scopes:
-                    self._cache[digest] = scopes
+            if scope:
+                self._cache.pop((scope, digest), None)
+                return
+            # A global delete (rare: garbage collection) looks at every entry.
+            for key in [key for key in self._cache if key[1] == digest]:
+                del self._cache[key]
 
     def error(self) -> None:
         with self._lock:
