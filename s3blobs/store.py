@@ -204,6 +204,3 @@ class BlobEntries:
         media_type = response.get("ContentType") or DEFAULT_MEDIA_TYPE
         return Descriptor(media_type, size, str(digest)), location
 
-
-def digest_of(value: str | Digest) -> Digest:
-    return value if isinstance(value, Digest) else parse_digest(value)

@@ -158,6 +158,7 @@ def test_finished_uploads_are_unknown(repo: Any) -> None:
 def test_sha512_declared_up_front(repo: Any) -> None:
     data = os.urandom(PART + 100)
     writer = repo.create(digest_algorithm="sha512")
+    assert writer.algorithm == "sha512"
     writer.write(data[:100])
     writer.close()
     writer = repo.resume(writer.id)

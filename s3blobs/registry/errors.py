@@ -66,8 +66,8 @@ def manifest_invalid(why: str) -> RegistryError:
     return RegistryError("MANIFEST_INVALID", 400, "manifest invalid", why)
 
 
-def upload_invalid(why: str, status: int = 400) -> RegistryError:
-    return RegistryError("BLOB_UPLOAD_INVALID", status, "blob upload invalid", why)
+def upload_invalid(why: str) -> RegistryError:
+    return RegistryError("BLOB_UPLOAD_INVALID", 400, "blob upload invalid", why)
 
 
 def digest_invalid(why: str) -> RegistryError:
