@@ -203,4 +203,3 @@ class BlobEntries:
             self._locations[str(digest)] = location
         media_type = response.get("ContentType") or DEFAULT_MEDIA_TYPE
         return Descriptor(media_type, size, str(digest)), location
-

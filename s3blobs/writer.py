@@ -211,7 +211,10 @@ class S3BlobWriter:
         """The whole buffered tail: the saved pieces (fetched once), then this writer's."""
         if self._pieces and self._saved_tail is None:
             state = self._stored.state
-            self._saved_tail = b"".join(self._uploads.get_piece(state, p) for p in self._pieces)
+            # One GET per piece, side by side: a tail saved by many small closes
+            # costs one round trip, not one each.
+            pieces = self._pool().map(lambda p: self._uploads.get_piece(state, p), self._pieces)
+            self._saved_tail = b"".join(pieces)
         return (self._saved_tail or b"") + self._buffer.copy()
 
     def _take_tail(self) -> bytes | bytearray:
@@ -232,12 +235,16 @@ class S3BlobWriter:
         self._keep_claim()
         while len(self._inflight) >= self._uploads.config.max_concurrency:
             self._parts.append(self._inflight.popleft().result())
+        number = len(self._parts) + len(self._inflight) + 1
+        self._inflight.append(self._pool().submit(self._upload_part, number, body))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """This writer's threads for S3 transfers, started at the first need."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 self._uploads.config.max_concurrency, thread_name_prefix="s3blobs-part"
             )
-        number = len(self._parts) + len(self._inflight) + 1
-        self._inflight.append(self._executor.submit(self._upload_part, number, body))
+        return self._executor
 
     def _upload_part(self, number: int, body: bytes | bytearray) -> Part:
         state = self._stored.state
