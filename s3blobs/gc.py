@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from .s3 import delete_keys, s3_errors
+from .s3 import delete_keys, list_objects
 from .store import BlobEntries
 
 DEFAULT_GRACE = timedelta(hours=1)
@@ -24,15 +24,14 @@ def sweep_orphan_data(
     """Delete (or, with ``dry_run``, only list) the orphaned data keys; returns them."""
     in_use = entries.data_in_use()
     cutoff = datetime.now(timezone.utc) - grace
-    pages = entries.client.get_paginator("list_objects_v2").paginate(
-        Bucket=entries.bucket, Prefix=entries.paths.data_root
+    listing = list_objects(
+        entries.client, entries.bucket, entries.paths.data_root, "listing data objects"
     )
-    orphans = []
-    with s3_errors("listing data objects"):
-        for page in pages:
-            for item in page.get("Contents", ()):
-                if item["Key"] not in in_use and item["LastModified"] < cutoff:
-                    orphans.append(item["Key"])
+    orphans = [
+        item["Key"]
+        for item in listing
+        if item["Key"] not in in_use and item["LastModified"] < cutoff
+    ]
     if not dry_run:
         delete_keys(entries.client, entries.bucket, orphans, "sweeping orphaned data")
     return orphans

@@ -20,7 +20,7 @@ from .errors import BlobMounted, BlobTooLarge, BlobUnknown, ReferenceInvalid
 from .hashing import ResumableHash
 from .names import parse_reference, validate_repository_name
 from .reader import BlobReader
-from .s3 import s3_errors
+from .s3 import list_objects
 from .serving import serve
 from .store import DEFAULT_MEDIA_TYPE, BlobEntries
 from .uploads import UploadStore
@@ -100,16 +100,12 @@ class RepositoryBlobStore(BlobStore):
 
     def enumerate(self) -> Iterator[str]:
         """The digests linked into this repository, one listing page at a time."""
-        paths, root = self._entries.paths, self._entries.paths.layers_root(self.name)
-        pages = self._entries.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self._entries.bucket, Prefix=root
-        )
-        with s3_errors(f"listing {self.name}"):
-            for page in pages:
-                for item in page.get("Contents", ()):
-                    digest = paths.digest_of_link_key(self.name, item["Key"])
-                    if digest is not None:
-                        yield digest
+        entries = self._entries
+        root = entries.paths.layers_root(self.name)
+        for item in list_objects(entries.client, entries.bucket, root, f"listing {self.name}"):
+            digest = entries.paths.digest_of_link_key(self.name, item["Key"])
+            if digest is not None:
+                yield digest
 
     def put(self, media_type: str, data: bytes, *, digest_algorithm: str = CANONICAL) -> Descriptor:
         """Store ``data`` and link it here. Idempotent: existing content is not rewritten.

@@ -101,6 +101,21 @@ def s3_errors(
         raise storage_error(action, exc) from exc
 
 
+def list_objects(
+    client: Any, bucket: str, prefix: str, action: str, start_after: str = ""
+) -> Iterator[dict[str, Any]]:
+    """The objects under ``prefix`` in key order, fetched a page (1,000) at a time as
+    the caller goes on: one that stops early makes no further request."""
+    args = {
+        "Bucket": bucket,
+        "Prefix": prefix,
+        **({"StartAfter": start_after} if start_after else {}),
+    }
+    with s3_errors(action):
+        for page in client.get_paginator("list_objects_v2").paginate(**args):
+            yield from page.get("Contents", ())
+
+
 def delete_keys(client: Any, bucket: str, keys: list[str], action: str) -> None:
     """Delete objects, 1,000 per DeleteObjects request. Keys S3 could not delete are
     logged: what is left behind is garbage that lifecycle rules or gc remove."""

@@ -21,7 +21,7 @@ from .digests import Digest, parse_digest
 from .errors import BlobExists, BlobUnknown
 from .paths import Paths
 from .reader import BlobReader
-from .s3 import encryption_args, s3_errors
+from .s3 import encryption_args, list_objects, s3_errors
 
 DATA_META = "s3blobs-data"
 SIZE_META = "s3blobs-size"
@@ -103,15 +103,10 @@ class BlobEntries:
 
     def _listing(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(digest, listed object) of every entry, a page at a time."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.paths.blobs_root
-        )
-        with s3_errors("listing blobs"):
-            for page in pages:
-                for item in page.get("Contents", ()):
-                    digest = self.paths.digest_of_blob_key(item["Key"])
-                    if digest is not None:
-                        yield digest, item
+        for item in list_objects(self.client, self.bucket, self.paths.blobs_root, "listing blobs"):
+            digest = self.paths.digest_of_blob_key(item["Key"])
+            if digest is not None:
+                yield digest, item
 
     # Writes --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from itertools import islice
 from typing import Any
 
 from cachetools import LRUCache
@@ -19,7 +20,7 @@ from ..descriptor import Descriptor
 from ..digests import CANONICAL, Digest, parse_digest
 from ..errors import BlobError, BlobUnknown
 from ..paths import is_valid_tag
-from ..s3 import delete_keys, s3_errors
+from ..s3 import delete_keys, list_objects, s3_errors
 from ..storage import S3BlobStorage
 from .errors import RegistryError, manifest_invalid, manifest_unknown
 
@@ -186,15 +187,17 @@ class Manifests:
     def tags(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
         """Tags in lexical order after ``last``, at most ``n``; and whether more follow."""
         root = self.paths.tags_root(self.name)
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": root}
-        if last:
-            args["StartAfter"] = root + last
-        tags: list[str] = []
-        with s3_errors(f"listing tags of {self.name}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(**args):
-                tags += [item["Key"][len(root) :] for item in page.get("Contents", ())]
-                if n is not None and len(tags) > n:
-                    return tags[:n], True
+        listing = list_objects(
+            self.client,
+            self.bucket,
+            root,
+            f"listing tags of {self.name}",
+            start_after=root + last if last else "",
+        )
+        # One tag past ``n`` tells whether more follow, and no page after it is fetched.
+        tags = [item["Key"][len(root) :] for item in islice(listing, None if n is None else n + 1)]
+        if n is not None and len(tags) > n:
+            return tags[:n], True
         return tags, False
 
     def repository_exists(self) -> bool:
@@ -207,14 +210,10 @@ class Manifests:
     def referrers(self, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         root = self.paths.referrers_root(self.name, subject)
         found = []
-        with s3_errors(f"listing referrers of {subject}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=root
-            ):
-                for item in page.get("Contents", ()):
-                    body = self._get(item["Key"])
-                    if body is not None:
-                        found.append(json.loads(body))
+        for item in list_objects(self.client, self.bucket, root, f"listing referrers of {subject}"):
+            body = self._get(item["Key"])
+            if body is not None:
+                found.append(json.loads(body))
         if artifact_type:
             found = [d for d in found if d.get("artifactType") == artifact_type]
         return found
