@@ -3,7 +3,7 @@
 Layout, under the optional prefix::
 
     blobs/<alg>/<hex[0:2]>/<hex>                a blob's entry: its bytes, or a pointer
-    data/<uuid>                                 the bytes of a blob uploaded in parts
+    data/<ms>-<random>                          the bytes of a blob uploaded in parts
     repositories/<name>/_layers/<alg>/<hex>     link: the blob belongs to <name>
     repositories/<name>/_manifests/...          revisions, tags and referrers
     _uploads/<writer id>/state                  an open upload's state
@@ -16,7 +16,9 @@ writer ids by :func:`check_upload_token`), so no key can escape its place.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+import time
+from datetime import datetime, timezone
 
 from .digests import Digest, parse_digest
 from .errors import BlobError
@@ -24,6 +26,9 @@ from .errors import BlobError
 UPLOADS = "_uploads/"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,1024}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# A data object's name: its creation time (milliseconds since the epoch, 12 hex digits),
+# then 80 random bits; or a bare uuid4 hex, as the first releases wrote.
+_DATA_NAME = re.compile(r"(?:(?P<ms>[0-9a-f]{12})-[0-9a-f]{20})|[0-9a-f]{32}")
 
 
 def is_valid_upload_token(token: object) -> bool:
@@ -58,13 +63,23 @@ class Paths:
         return _digest_or_none(parts[0], parts[2], parts[1])
 
     def new_data_key(self) -> str:
-        return f"{self.data_root}{uuid.uuid4().hex}"
+        """A fresh data key that carries its creation time, so that garbage collection
+        can tell the age of a multipart upload from its key alone (moto, and some
+        S3-compatible stores, do not report a true ``Initiated`` time)."""
+        return f"{self.data_root}{int(time.time() * 1000):012x}-{secrets.token_hex(10)}"
 
     def data(self, name: str) -> str:
-        """The data key of a name taken from an entry's metadata (checked: a uuid hex)."""
-        if not re.fullmatch(r"[0-9a-f]{32}", name):
+        """The data key of a name taken from an entry's metadata (checked)."""
+        if not _DATA_NAME.fullmatch(name):
             raise ValueError(f"not a data object name: {name[:80]!r}")
         return f"{self.data_root}{name}"
+
+    def data_created_at(self, key: str) -> datetime | None:
+        """When the data key was made, from its name; None for names without a time."""
+        match = _DATA_NAME.fullmatch(key[len(self.data_root) :])
+        if not key.startswith(self.data_root) or not match or not match.group("ms"):
+            return None
+        return datetime.fromtimestamp(int(match.group("ms"), 16) / 1000, tz=timezone.utc)
 
     def data_name(self, key: str) -> str:
         return key[len(self.data_root) :]

@@ -27,6 +27,7 @@ from ..repository import RepositoryBlobStore
 from ..serving import head_response
 from ..storage import S3BlobStorage
 from ..writer import S3BlobWriter
+from .context import REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
     RegistryError,
@@ -64,18 +65,23 @@ class RegistryApp:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         request = Request(environ)
+        rid = request_id(environ)
         try:
             response = self.dispatch(request)
         except RegistryError as exc:
             response = exc.response(request.method)
         except Exception as exc:
-            error = translate(exc)
+            error = translate(exc, rid)
             if error is None:
-                log.exception("unexpected error on %s %s", request.method, request.path)
-                error = RegistryError("UNKNOWN", 500, "internal error")
+                log.exception("request %s: unexpected error on %s", rid, request.method)
+                error = RegistryError("UNKNOWN", 500, "internal error", {"requestId": rid})
+            elif error.status >= 500 or error.status == 429:
+                # The cause names S3 internals (endpoint, bucket, keys): the log only.
+                log.warning("request %s: %s", rid, exc)
             response = error.response(request.method)
         for header, value in API_VERSION.items():
             response.headers.setdefault(header, value)
+        response.headers[REQUEST_ID_HEADER] = rid
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:

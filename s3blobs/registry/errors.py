@@ -76,8 +76,11 @@ def digest_invalid(why: str) -> RegistryError:
     )
 
 
-def translate(exc: Exception) -> RegistryError | None:
-    """The spec's answer to an s3blobs error; None for anything unexpected."""
+def translate(exc: Exception, request_id: str = "") -> RegistryError | None:
+    """The spec's answer to an s3blobs error; None for anything unexpected.
+
+    Storage failures say nothing of their cause (S3's message names the endpoint,
+    the bucket and keys): the client gets the request id, the log gets the cause."""
     table: list[tuple[type[Exception], str, int, str]] = [
         (BlobUnknown, "BLOB_UNKNOWN", 404, "blob unknown to registry"),
         (BlobUploadUnknown, "BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"),
@@ -98,12 +101,13 @@ def translate(exc: Exception) -> RegistryError | None:
     for kind, code, status, message in table:
         if isinstance(exc, kind):
             return RegistryError(code, status, message, str(exc))
+    detail = {"requestId": request_id}
     if isinstance(exc, StorageThrottled):
         return RegistryError(
-            "TOOMANYREQUESTS", 429, "too many requests", str(exc), {"Retry-After": "1"}
+            "TOOMANYREQUESTS", 429, "too many requests", detail, {"Retry-After": "1"}
         )
     if isinstance(exc, StorageError):
         return RegistryError(
-            "UNAVAILABLE", 503, "storage unavailable", str(exc), {"Retry-After": "5"}
+            "UNAVAILABLE", 503, "storage unavailable", detail, {"Retry-After": "5"}
         )
     return None

@@ -1,5 +1,4 @@
-"""The ``s3blobs`` command: ``s3blobs serve`` runs the registry; ``s3blobs gc`` sweeps
-data objects that no blob entry names.
+"""``s3blobs serve``: the registry.
 
 Without ``S3BLOBS_BUCKET``, ``serve`` starts an embedded S3 (a moto server on
 loopback, in this process, in memory) so that the registry runs on a machine with no
@@ -8,44 +7,29 @@ AWS account: a demo, not storage.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-import sys
-from collections.abc import Sequence
+from typing import Any
 
-from .errors import ConfigError, StorageError
+from ..errors import ConfigError
+from .output import say
 
 EMBEDDED_BUCKET = "s3blobs"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="s3blobs", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the OCI registry (WSGI, threaded)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (5000; 0 picks a free one)")
-    gc = commands.add_parser("gc", help="delete data objects no blob entry names")
-    gc.add_argument(
-        "--grace", type=float, default=3600, help="only objects older than this, seconds (3600)"
-    )
-    gc.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "gc":
-            return run_gc(args.grace, args.dry_run)
-        return run_serve(args.host, args.port)
-    except (ConfigError, StorageError) as exc:
-        print(f"s3blobs: {exc}", file=sys.stderr)
-        return 2
+    serve.set_defaults(run=lambda args: run_serve(args.host, args.port))
 
 
 def run_serve(host: str, port: int) -> int:
     from werkzeug.serving import make_server
 
-    from .registry import RegistryApp
-    from .storage import S3BlobStorage
+    from ..registry import RegistryApp
+    from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
     if not environ.get("S3BLOBS_BUCKET"):
@@ -63,18 +47,6 @@ def run_serve(host: str, port: int) -> int:
     say(f"registry on http://{host}:{server.port} (bucket {storage.config.bucket!r})")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    return 0
-
-
-def run_gc(grace: float, dry_run: bool) -> int:
-    from datetime import timedelta
-
-    from .storage import S3BlobStorage
-
-    swept = S3BlobStorage.from_env().sweep_orphan_data(timedelta(seconds=grace), dry_run)
-    for key in swept:
-        print(key)
-    say(f"{len(swept)} orphaned data objects {'found' if dry_run else 'deleted'}")
     return 0
 
 
@@ -99,11 +71,3 @@ def start_embedded_s3() -> str:
         Bucket=EMBEDDED_BUCKET
     )
     return endpoint
-
-
-def say(line: str) -> None:
-    print(f"s3blobs: {line}", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
