@@ -74,6 +74,10 @@ class StorageThrottled(StorageError):
     """S3 kept answering SlowDown / 503 after botocore's retries."""
 
 
+class BlobBeingCollected(StorageThrottled):
+    """A running garbage collection is deleting this blob: retry once it is done."""
+
+
 class RepositoryNameInvalid(ValueError):
     """A repository name outside the OCI distribution grammar."""
 
