@@ -143,6 +143,18 @@ class SweepFence:
 
         ``run_all(function, items)`` calls ``function`` on every item (gc passes its
         thread pool). The shards go first, then the index that names them."""
+        lease = FenceLease(self, self._put_shards(digests, run_all))
+        try:
+            lease.acquire()
+        except BaseException:
+            lease.remove_shards()
+            raise
+        return lease
+
+    def _put_shards(
+        self, digests: Iterable[str], run_all: Callable[[Callable[[Any], None], list[Any]], None]
+    ) -> FenceIndex:
+        """Write the shards of a new fence (not yet named by the index)."""
         run = uuid.uuid4().hex
         shards: dict[str, list[str]] = defaultdict(list)
         for digest in digests:
@@ -158,24 +170,21 @@ class SweepFence:
                 )
 
         run_all(put_shard, list(shards.items()))
-        lease = FenceLease(self, FenceIndex(run, 0.0, frozenset(shards)))
-        try:
-            lease.acquire()
-        except BaseException:
-            lease.remove_shards()
-            raise
-        return lease
+        return FenceIndex(run, 0.0, frozenset(shards))
 
 
 class FenceLease:
     """A published fence, held by one gc run. A thread renews it every quarter of the
-    lease; gc calls ``ensure`` before each batch of deletes, and ``lift`` at the end."""
+    lease; gc calls ``ensure`` before each batch of deletes, may ``narrow`` it to what
+    it still means to delete, and ``lift``s it at the end."""
 
     def __init__(self, fence: SweepFence, index: FenceIndex) -> None:
         self.fence = fence
         self.index = index
         self.etag: str | None = None
         self.written_at = 0.0  # time.monotonic() before the last write began
+        self._written = [index]  # every set of shards this run wrote, removed at the end
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._renew_error: BaseException | None = None
@@ -188,14 +197,24 @@ class FenceLease:
                 f"another gc (run {current.run}) is deleting; its fence expires in "
                 f"{current.expires - time.time():.0f}s unless it renews it"
             )
-        self._write({"IfMatch": etag} if etag else {"IfNoneMatch": "*"})
+        self._write(self.index, {"IfMatch": etag} if etag else {"IfNoneMatch": "*"})
         self._renewer = threading.Thread(target=self._renew, name="s3blobs-gc-fence", daemon=True)
         self._renewer.start()
+
+    def narrow(
+        self, digests: Iterable[str], run_all: Callable[[Callable[[Any], None], list[Any]], None]
+    ) -> None:
+        """Fence only ``digests`` (a subset) from now on: what gc spared is no longer
+        refused once every process has read the fence again. The old shards stay
+        until ``lift``: a process with an older copy of the index still reads them."""
+        narrower = self.fence._put_shards(digests, run_all)
+        self._written.append(narrower)
+        self._write(narrower)
 
     def _renew(self) -> None:
         while not self._stop.wait(LEASE / 4):
             try:
-                self._write({"IfMatch": self.etag})
+                self._write(self.index)
             except BaseException as exc:
                 self._renew_error = exc
                 return
@@ -209,23 +228,27 @@ class FenceLease:
                 "deleting more"
             )
 
-    def _write(self, condition: dict[str, Any]) -> None:
-        started = time.monotonic()
-        self.index = FenceIndex(self.index.run, time.time() + LEASE, self.index.shards)
+    def _write(self, index: FenceIndex, condition: dict[str, Any] | None = None) -> None:
+        """Write the index; by default only over this run's own last write."""
 
         def taken() -> GcBusy:
             return GcBusy("another gc took the fence over; stopping before deleting more")
 
         fence = self.fence
-        with s3_errors("writing the gc fence", not_found=taken, precondition_failed=taken):
-            response = fence.client.put_object(
-                Bucket=fence.bucket,
-                Key=fence.paths.gc_fence(),
-                Body=self.index.to_json(),
-                ContentType="application/json",
-                **condition,
-            )
-        self.etag, self.written_at = response["ETag"], started
+        with self._lock:
+            started = time.monotonic()
+            index = FenceIndex(index.run, time.time() + LEASE, index.shards)
+            if condition is None:  # read under the lock: renewals and narrow take turns
+                condition = {"IfMatch": self.etag}
+            with s3_errors("writing the gc fence", not_found=taken, precondition_failed=taken):
+                response = fence.client.put_object(
+                    Bucket=fence.bucket,
+                    Key=fence.paths.gc_fence(),
+                    Body=index.to_json(),
+                    ContentType="application/json",
+                    **condition,
+                )
+            self.index, self.etag, self.written_at = index, response["ETag"], started
 
     def lift(self) -> None:
         """Remove the index, then the shards: the request path stops backing off."""
@@ -238,8 +261,12 @@ class FenceLease:
         self.remove_shards()
 
     def remove_shards(self) -> None:
-        fence, run = self.fence, self.index.run
-        keys = [fence.paths.gc_fence_shard(run, shard) for shard in sorted(self.index.shards)]
+        fence = self.fence
+        keys = [
+            fence.paths.gc_fence_shard(index.run, shard)
+            for index in self._written
+            for shard in sorted(index.shards)
+        ]
         delete_keys(fence.client, fence.bucket, keys, "removing the gc fence")
 
 

@@ -72,7 +72,7 @@ def test_the_fence_makes_requests_back_off(s3: Any) -> None:
     storage.fence.ttl = 0  # this process reads the fence at every check
     registry = Registry(storage)
     doomed = registry.blob("team/app", b"a blob gc is deleting")
-    other, other_blobs, _ = registry.image("team/app", "v1", [b"a layer"])
+    _, other_blobs, _ = registry.image("team/app", "v1", [b"a layer"])
     fence = SweepFence(s3, BUCKET, storage.paths)
     lease = fence.publish([doomed], lambda function, items: [function(i) for i in items])
     try:
@@ -105,9 +105,7 @@ def test_the_fence_makes_requests_back_off(s3: Any) -> None:
     assert registry.manifest("team/app", "v2", manifest)[0] == 201
 
 
-def test_a_blob_confirmed_while_gc_runs_is_spared(
-    s3: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_blob_confirmed_while_gc_runs_is_spared(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     registry_storage = S3BlobStorage(gc_config(BUCKET))
     registry_storage.fence.ttl = 0
     registry = Registry(registry_storage)
@@ -126,9 +124,7 @@ def test_a_blob_confirmed_while_gc_runs_is_spared(
 
     def hooked(config: Any) -> Any:
         client = make_client(config)
-        client.meta.events.register(
-            "before-parameter-build.s3.PutObject", confirm_before_the_fence
-        )
+        client.meta.events.register("before-parameter-build.s3.PutObject", confirm_before_the_fence)
         return client
 
     monkeypatch.setattr(s3blobs.s3, "make_client", hooked)

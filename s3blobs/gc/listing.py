@@ -213,7 +213,7 @@ def _repository_prefixes(ctx: GcContext) -> list[str]:
     """``repositories/<c>`` for each first character of the names there: one listing
     by ``/`` tells them (a page per 1,000 first components of names)."""
     root = ctx.paths.repositories_root
-    starts = set()
+    starts: set[str] = set()
     with s3_errors("listing repositories"):
         pages = ctx.client.get_paginator("list_objects_v2").paginate(
             Bucket=ctx.bucket, Prefix=root, Delimiter="/"

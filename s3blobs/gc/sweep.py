@@ -104,8 +104,7 @@ class Sweeper:
             return
         lease = None
         if not ctx.dry_run:
-            fenced = doomed | {digest for digests in untagged.values() for digest in digests}
-            lease = self.fence.publish(sorted(fenced), ctx.run_all)
+            lease = self.fence.publish(sorted(doomed | _digests(untagged)), ctx.run_all)
         try:
             # Every process must have seen the fence before the re-read starts; the
             # entries' data keys are read meanwhile.
@@ -114,7 +113,9 @@ class Sweeper:
             if lease is not None:
                 time.sleep(max(0.0, self.settle - (time.monotonic() - began)))
             again = list_repositories(ctx, watch=frozenset(doomed), again=True)
-            self._spare(doomed, untagged, again)
+            if self._spare(doomed, untagged, again) and lease is not None:
+                # What came back into use is no longer refused while the rest goes.
+                lease.narrow(sorted(doomed | _digests(untagged)), ctx.run_all)
             self._delete(doomed, untagged, again, lease.ensure if lease is not None else None)
         finally:
             if lease is not None:
@@ -125,8 +126,9 @@ class Sweeper:
 
     def _spare(
         self, doomed: set[str], untagged: dict[str, set[str]], again: RepositoryListing
-    ) -> None:
-        """Drop from ``doomed`` and ``untagged`` what the re-read shows in use."""
+    ) -> bool:
+        """Drop from ``doomed`` and ``untagged`` what the re-read shows in use; True if
+        anything was."""
         ctx = self.ctx
         newly = self.marker.mark_again(again, self.inventory.repositories)
         touched = {
@@ -137,10 +139,12 @@ class Sweeper:
         }
         spared = doomed & (newly | touched)
         doomed -= spared
+        before = _digests(untagged)
         for repository in list(untagged):
             untagged[repository] -= self.marker.kept.get(repository, set())
             untagged[repository] &= set(again.revisions.get(repository, {}))
         ctx.report.spared = len(spared)
+        return bool(spared) or _digests(untagged) != before
 
     def _delete(
         self,
@@ -181,6 +185,10 @@ class Sweeper:
         data_keys = sorted(self.pointed.data[d][0] for d in gone if d in self.pointed.data)
         failed = ctx.delete(data_keys, "deleting data objects", before)
         self.deleted_data = set(data_keys) - failed
+
+
+def _digests(untagged: dict[str, set[str]]) -> set[str]:
+    return {digest for digests in untagged.values() for digest in digests}
 
 
 class _Gone(Exception):
