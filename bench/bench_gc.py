@@ -123,11 +123,13 @@ class Populator:
         return time.perf_counter() - started
 
 
-#: ``s3blobs gc`` that tells its peak RSS (KiB) on its last line of standard error.
+#: ``s3blobs gc`` that tells its peak RSS (KiB) on its last line of standard error: VmHWM,
+#: the high-water mark of this process image (getrusage's ru_maxrss would carry over
+#: the RSS of the parent that forked it).
 GC_WITH_RSS = (
-    "import atexit, resource, runpy, sys\n"
-    "atexit.register(lambda: print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-    " file=sys.stderr))\n"
+    "import atexit, re, runpy, sys\n"
+    "hwm = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]\n"
+    "atexit.register(lambda: print(hwm(), file=sys.stderr))\n"
     "sys.argv = ['s3blobs', *sys.argv[1:]]\n"
     "runpy.run_module('s3blobs', run_name='__main__')\n"
 )
