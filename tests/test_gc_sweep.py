@@ -134,3 +134,16 @@ def test_a_blob_confirmed_while_gc_runs_is_spared(s3: Any, monkeypatch: pytest.M
     assert report.spared == 1 and report.deleted["blobs"].count == 1
     assert registry.exists("team/app", wanted) and has_entry(s3, BUCKET, wanted)
     assert not has_entry(s3, BUCKET, unwanted)
+
+
+def test_progress_on_a_terminal_only(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = S3BlobStorage(gc_config(BUCKET))
+    Registry(storage).image("team/app", "v1", [b"a layer"])
+    capsys.readouterr()
+    storage.collect_garbage(settle=0, progress=True)
+    drawn = capsys.readouterr().err
+    for phase in ("listing entries", "listing repositories", "reading manifests"):
+        assert phase in drawn
+    assert "marked=3" in drawn  # the manifest, its config and its layer
+    storage.collect_garbage(settle=0)  # standard error is no terminal here: quiet
+    assert capsys.readouterr().err == ""

@@ -92,6 +92,7 @@ class GcContext:
         if self.dry_run or not keys:
             return set()
         batches = [keys[i : i + DELETE_BATCH] for i in range(0, len(keys), DELETE_BATCH)]
+        phase = self.progress.phase(action, total=len(keys))
 
         def delete_batch(batch: Sequence[str]) -> set[str]:
             if before_batch is not None:
@@ -104,6 +105,8 @@ class GcContext:
             failed = {error["Key"] for error in response.get("Errors", ())}
             for error in response.get("Errors", ())[:3]:
                 self.report.warn(f"{action}: could not delete {error['Key']}: {error['Code']}")
+            phase.update(len(batch))
             return failed
 
-        return set().union(*self.map(delete_batch, batches))
+        with phase:
+            return set().union(*self.map(delete_batch, batches))

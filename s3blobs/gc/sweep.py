@@ -102,6 +102,9 @@ class Sweeper:
         pointers = {d for d in doomed if d in self.inventory.entries and self._pointer(d)}
         if not doomed and not untagged:
             return
+        with ctx.progress.phase("to delete", unit="blobs", total=len(doomed)) as phase:
+            phase.update(len(doomed))
+            phase.note(marked=len(self.marker.marked), manifests=len(_digests(untagged)))
         lease = None
         if not ctx.dry_run:
             lease = self.fence.publish(sorted(doomed | _digests(untagged)), ctx.run_all)
