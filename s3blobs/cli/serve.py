@@ -22,16 +22,22 @@ def add_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the OCI registry (WSGI, threaded)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (5000; 0 picks a free one)")
-    serve.set_defaults(run=lambda args: run_serve(args.host, args.port))
+    serve.add_argument(
+        "--metrics-addr",
+        help="serve Prometheus metrics on HOST:PORT (S3BLOBS_METRICS_ADDR; off by default)",
+    )
+    serve.set_defaults(run=lambda args: run_serve(args.host, args.port, args.metrics_addr))
 
 
-def run_serve(host: str, port: int) -> int:
+def run_serve(host: str, port: int, metrics_addr: str | None = None) -> int:
     from werkzeug.serving import make_server
 
-    from ..registry import RegistryApp
+    from ..registry import create_app
     from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
+    if metrics_addr:
+        environ["S3BLOBS_METRICS_ADDR"] = metrics_addr
     if not environ.get("S3BLOBS_BUCKET"):
         endpoint = start_embedded_s3()
         environ.update(
@@ -43,7 +49,7 @@ def run_serve(host: str, port: int) -> int:
         say(f"no S3BLOBS_BUCKET: started an embedded S3 (moto) at {endpoint}")
         say(f"bucket {EMBEDDED_BUCKET!r} lives in this process's memory and ends with it")
     storage = S3BlobStorage.from_env(environ)
-    server = make_server(host, port, RegistryApp(storage), threaded=True)
+    server = make_server(host, port, create_app(environ, storage), threaded=True)
     say(f"registry on http://{host}:{server.port} (bucket {storage.config.bucket!r})")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -36,7 +36,13 @@ from .errors import (
     translate,
     upload_invalid,
 )
+from .events import Notifier
+from .health import HealthCheck, HealthEndpoint
+from .logformat import install_logging
 from .manifests import ManifestCache, Manifests
+from .metrics import RegistryMetrics, serve_metrics
+from .requestlog import RequestLog
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +298,35 @@ class RegistryApp:
         return Response(b"", status=201, headers=headers)
 
 
-def create_app() -> RegistryApp:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
-    return RegistryApp(S3BlobStorage.from_env())
+def make_app(
+    storage: S3BlobStorage,
+    settings: Settings | None = None,
+    *,
+    health: HealthCheck | None = None,
+    notifier: Notifier | None = None,
+) -> RequestLog:
+    """The registry with its operations layers, outermost first: request id and
+    access log, then metrics and events (observers of each finished request), then
+    /healthz, then the registry API. ``health`` and ``notifier`` replace the ones
+    ``settings`` describe (tests tune their timings)."""
+    settings = settings or Settings()
+    notifier = notifier or Notifier.from_settings(settings, storage)
+    observers = [RegistryMetrics(storage).observe]
+    if notifier is not None:
+        observers.append(notifier.observe)
+    app = HealthEndpoint(RegistryApp(storage), health or HealthCheck(storage.config))
+    return RequestLog(app, ROUTES, observers)
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None, storage: S3BlobStorage | None = None
+) -> RequestLog:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
+    logging installed, the metrics listener started when S3BLOBS_METRICS_ADDR says so."""
+    settings = Settings.from_env(environ)
+    install_logging(settings)
+    if storage is None:
+        storage = S3BlobStorage.from_env(environ)
+    if settings.metrics_addr is not None:
+        serve_metrics(settings.metrics_addr)
+    return make_app(storage, settings)

@@ -1,0 +1,295 @@
+"""The outermost layer: one record per request, one log line when it is answered.
+
+:class:`RequestLog` gives each request its id (``context.request_id``), makes it
+the *current* request for the thread serving it (a contextvar: every log line
+written meanwhile carries the id, and every S3 request made for it is counted),
+counts the bytes in and out, and when the answer has been sent writes the access
+line and hands the finished :class:`Exchange` to its observers (metrics, events).
+Nothing here reads a header value into the log: the path is logged with only
+the query parameters the registry API defines, so no token or signature a
+client puts in a URL is ever written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from .context import REQUEST_ID_HEADER, request_id
+
+#: The environ key of the request's Exchange, for layers inside this one.
+EXCHANGE = "s3blobs.exchange"
+#: Set by an authentication layer to say why it refused (a 401 or 403), e.g. "bad_password".
+AUTH_FAILURE_REASON = "s3blobs.auth_failure"
+
+ACCESS_LOG = logging.getLogger("s3blobs.access")
+log = logging.getLogger(__name__)
+
+#: Query parameters of the registry API, logged as sent; any other value is MASKed.
+LOGGED_PARAMETERS = frozenset(
+    {"digest", "mount", "from", "n", "last", "digest-algorithm", "artifactType"}
+)
+
+MASK = "REDACTED"
+
+Routes = Sequence[tuple[re.Pattern[str], str]]
+Observer = Callable[["Exchange"], None]
+
+
+class Exchange:
+    """One request and its answer, as the operator sees it."""
+
+    __slots__ = (
+        "_route",
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "environ",
+        "headers",
+        "id",
+        "method",
+        "params",
+        "path",
+        "routes",
+        "s3_requests",
+        "started",
+        "status",
+    )
+
+    def __init__(self, environ: dict[str, Any], routes: Routes) -> None:
+        self.environ = environ
+        self.id = request_id(environ)
+        self.method: str = environ.get("REQUEST_METHOD", "GET")
+        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.routes = routes
+        self.started = time.perf_counter()
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.s3_requests = 0
+        self.duration = 0.0
+        self._route: str | None = None
+        self.params: dict[str, str] = {}
+
+    @property
+    def route(self) -> str:
+        """The API route's name ('blob', 'manifest', ...), 'healthz', or 'unknown'."""
+        if self._route is None:
+            self._route = "unknown"
+            if self.path == "/healthz":
+                self._route = "healthz"
+            for pattern, name in self.routes:
+                match = pattern.fullmatch(self.path)
+                if match:
+                    self._route, self.params = name, match.groupdict()
+                    break
+        return self._route
+
+    @property
+    def query(self) -> str:
+        return str(self.environ.get("QUERY_STRING", ""))
+
+    @property
+    def user(self) -> str:
+        """Who the authentication layer said this is (WSGI's REMOTE_USER), or '-'."""
+        return str(self.environ.get("REMOTE_USER") or "-")
+
+    def header(self, name: str) -> str | None:
+        """A response header, or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def logged_path(self) -> str:
+        """The path and the API's own query parameters; other values are REDACTED."""
+        if not self.query:
+            return self.path
+        pairs = [
+            f"{quote(key)}={quote(value, safe=':') if key in LOGGED_PARAMETERS else MASK}"
+            for key, value in parse_qsl(self.query, keep_blank_values=True)
+        ]
+        return self.path + "?" + "&".join(pairs)
+
+
+_current: ContextVar[Exchange | None] = ContextVar("s3blobs_exchange", default=None)
+
+
+def current_exchange() -> Exchange | None:
+    """The request the calling thread is serving, if any."""
+    return _current.get()
+
+
+class RequestLog:
+    """WSGI layer: request id, current-request context, byte counts, the access line."""
+
+    def __init__(self, app: Any, routes: Routes = (), observers: Sequence[Observer] = ()) -> None:
+        self.app = app
+        self.routes = routes
+        self.observers = tuple(observers)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        exchange = Exchange(environ, self.routes)
+        environ[EXCHANGE] = exchange
+        stream = environ.get("wsgi.input")
+        if stream is not None:
+            environ["wsgi.input"] = _CountingInput(stream, exchange)
+
+        def observed_start(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            exchange.status = int(status[:3])
+            exchange.headers = headers
+            if exchange.header(REQUEST_ID_HEADER) is None:
+                headers.append((REQUEST_ID_HEADER, exchange.id))
+            return start_response(status, headers, exc_info)
+
+        token = _current.set(exchange)
+        try:
+            body = self.app(environ, observed_start)
+        except BaseException:
+            exchange.status = exchange.status or 500
+            self.finish(exchange)
+            raise
+        finally:
+            _reset(token)
+        return _ObservedBody(body, exchange, self.finish)
+
+    def finish(self, exchange: Exchange) -> None:
+        """The answer is sent (or abandoned): log it, then tell the observers."""
+        exchange.duration = time.perf_counter() - exchange.started
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            path = exchange.logged_path()
+            ACCESS_LOG.info(
+                "%s %s %d in=%d out=%d %.1fms s3=%d user=%s",
+                exchange.method,
+                path,
+                exchange.status,
+                exchange.bytes_in,
+                exchange.bytes_out,
+                exchange.duration * 1000,
+                exchange.s3_requests,
+                exchange.user,
+                extra={
+                    "request_id": exchange.id,
+                    "access": {
+                        "method": exchange.method,
+                        "path": path,
+                        "status": exchange.status,
+                        "bytes_in": exchange.bytes_in,
+                        "bytes_out": exchange.bytes_out,
+                        "duration_seconds": round(exchange.duration, 6),
+                        "s3_requests": exchange.s3_requests,
+                        "user": exchange.user,
+                    },
+                },
+            )
+        token = _current.set(exchange)
+        try:
+            for observe in self.observers:
+                try:
+                    observe(exchange)
+                except Exception:
+                    # Watching the registry must never break it.
+                    log.exception("observer %r failed", observe)
+        finally:
+            _reset(token)
+
+
+def _reset(token: Token[Exchange | None]) -> None:
+    # ValueError: a body closed from another context (by garbage collection).
+    with contextlib.suppress(ValueError):
+        _current.reset(token)
+
+
+class _ObservedBody:
+    """The app's response body, counted as it is sent; finishes the exchange once."""
+
+    __slots__ = ("_body", "_exchange", "_finish", "_finished")
+
+    def __init__(
+        self, body: Iterable[bytes], exchange: Exchange, finish: Callable[[Exchange], None]
+    ) -> None:
+        self._body = body
+        self._exchange = exchange
+        self._finish = finish
+        self._finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        token = _current.set(self._exchange)
+        try:
+            for chunk in self._body:
+                self._exchange.bytes_out += len(chunk)
+                yield chunk
+        finally:
+            _reset(token)
+        self._done()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                token = _current.set(self._exchange)
+                try:
+                    close()
+                finally:
+                    _reset(token)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._finish(self._exchange)
+
+
+class _CountingInput:
+    """``wsgi.input`` that counts the bytes the app reads."""
+
+    __slots__ = ("_exchange", "_stream")
+
+    def __init__(self, stream: Any, exchange: Exchange) -> None:
+        self._stream = stream
+        self._exchange = exchange
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.read(size)
+        self._exchange.bytes_in += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.readline(size)
+        self._exchange.bytes_in += len(data)
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(hint)
+        self._exchange.bytes_in += sum(map(len, lines))
+        return lines
+
+    def readinto(self, buffer: Any) -> int:
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:
+            data = self._stream.read(len(buffer))
+            buffer[: len(data)] = data
+            count = len(data)
+        else:
+            count = int(readinto(buffer) or 0)
+        self._exchange.bytes_in += count
+        return count
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
