@@ -6,17 +6,30 @@ import contextlib
 import io
 import json
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from werkzeug.test import Client, TestResponse
 
 from s3blobs.registry.logformat import QUIET_LIBRARIES, install_logging, uninstall_logging
 from s3blobs.registry.settings import Settings
+
+
+def need(tool: str) -> str:
+    """The tool's path; a skip without it, or a failure where S3BLOBS_REQUIRE_TOOLS is set."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("S3BLOBS_REQUIRE_TOOLS"):
+            pytest.fail(f"{tool} is required here (S3BLOBS_REQUIRE_TOOLS is set)")
+        pytest.skip(f"{tool} is not installed")
+    return path
 
 
 class BufferedClient(Client):
@@ -66,7 +79,7 @@ class Receiver:
     (``delay``) or with an error (``status``)."""
 
     def __init__(self, delay: float = 0.0, status: int = 200) -> None:
-        self.posts: list[tuple[dict[str, str], Any]] = []
+        self.posts: list[tuple[dict[str, str], Any]] = []  # (lower-cased headers, body)
         self.delay, self.status = delay, status
         self._arrived = threading.Condition()
         receiver = self
@@ -76,7 +89,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 time.sleep(receiver.delay)
                 with receiver._arrived:
-                    receiver.posts.append((dict(self.headers), json.loads(body)))
+                    headers = {key.lower(): value for key, value in self.headers.items()}
+                    receiver.posts.append((headers, json.loads(body)))
                     receiver._arrived.notify_all()
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
@@ -88,7 +102,9 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/events"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def events(self) -> list[dict[str, Any]]:
         with self._arrived:

@@ -34,7 +34,7 @@ from ..paths import is_valid_tag
 from ..storage import S3BlobStorage
 from .metrics import EVENTS_DROPPED, EVENTS_SENT
 from .requestlog import Exchange
-from .settings import Settings
+from .settings import EVERY_ENDPOINT, Settings
 
 EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 log = logging.getLogger(__name__)
@@ -56,7 +56,12 @@ class Notifier:
         self.pulls = pulls
         self.storage = storage
         self.endpoints = [
-            Endpoint(url, headers.get(url, {}), resolve=self.with_size, **endpoint_options)
+            Endpoint(
+                url,
+                {**headers.get(EVERY_ENDPOINT, {}), **headers.get(url, {})},
+                resolve=self.with_size,
+                **endpoint_options,
+            )
             for url in urls
         ]
         self.instance_id = str(uuid.uuid4())

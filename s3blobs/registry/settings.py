@@ -41,7 +41,7 @@ class Settings:
     log_format: str = "text"
     log_level: int = logging.INFO
     notify_urls: tuple[str, ...] = ()
-    #: Extra request headers by endpoint URL (already merged with the '*' entry).
+    #: Extra request headers by endpoint URL, or '*' for every endpoint.
     notify_headers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     notify_pulls: bool = False
 
@@ -87,13 +87,12 @@ def parse_urls(raw: str) -> tuple[str, ...]:
 
 
 def parse_headers(raw: str, urls: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """Headers per endpoint, from a JSON object or a TOML file's path, merged with '*'.
-
-    Both shapes map an endpoint URL (as in S3BLOBS_NOTIFY_URLS) or '*' to a table
-    of header names and values. Values are secrets (tokens): never echoed."""
+    """Headers by endpoint URL (as in S3BLOBS_NOTIFY_URLS) or '*' (every endpoint),
+    from a JSON object or the path of a TOML file of the same shape. Values are
+    secrets (tokens): never echoed in an error."""
     name = "S3BLOBS_NOTIFY_HEADERS"
     if not raw:
-        return {url: {} for url in urls}
+        return {}
     table = _json_headers(raw) if raw.startswith("{") else _toml_headers(raw)
     if not isinstance(table, dict):
         raise ConfigError(f"{name}: expected an object of endpoint URL (or '*') to headers")
@@ -110,8 +109,7 @@ def parse_headers(raw: str, urls: tuple[str, ...]) -> dict[str, dict[str, str]]:
             for key, value in headers.items()
         ):
             raise ConfigError(f"{name}: the headers of each endpoint are names to string values")
-    shared = table.get(EVERY_ENDPOINT, {})
-    return {url: {**shared, **table.get(url, {})} for url in urls}
+    return table
 
 
 def _json_headers(raw: str) -> Any:
