@@ -41,7 +41,7 @@ from .health import HealthCheck, HealthEndpoint
 from .logformat import install_logging
 from .manifests import ManifestCache, Manifests
 from .metrics import RegistryMetrics, serve_metrics
-from .requestlog import RequestLog
+from .requestlog import ROUTE, RequestLog
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class RegistryApp:
             match = pattern.fullmatch(request.path)
             if match:
                 params = match.groupdict()
+                request.environ[ROUTE] = (route, params)  # for the request log and metrics
                 if "name" in params:
                     validate_repository_name(params["name"])
                 handler = getattr(self, f"{route}_{request.method.lower()}", None)

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .requestlog import current_exchange
+from .requestlog import Exchange, current_exchange
 from .settings import Settings
 
 #: Libraries whose INFO/DEBUG output would repeat our access line or print secrets.
@@ -75,16 +75,29 @@ class RequestIdFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     """``2026-11-27T10:00:00.123Z INFO s3blobs.access [id] GET /v2/ 200 ...``"""
 
-    converter = staticmethod(time.gmtime)
-
     def __init__(self) -> None:
-        super().__init__(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s [%(request_id)s] %(message)s",
-            datefmt="%Y-%m-%dT%H:%M:%S",
-        )
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+        # One line per request: the timestamp is built once a second, not per line.
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        request_id = getattr(record, "request_id", "-")
+        line = (
+            f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
+            f"[{request_id}] {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return scrub(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -101,9 +114,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": scrub(record.getMessage()),
         }
-        access = getattr(record, "access", None)
-        if isinstance(access, dict):
-            line.update(access)
+        exchange = getattr(record, "exchange", None)
+        if isinstance(exchange, Exchange):  # an access line
+            line.update(exchange.log_fields())
         if record.exc_info:
             line["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(line)

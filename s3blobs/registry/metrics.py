@@ -196,13 +196,16 @@ class _CacheStatsExport:
 
     def sync(self) -> None:
         stats = self._stats
-        now = (stats.hits, stats.misses, getattr(stats, "evictions", 0))
+        hits, misses, evictions = stats.hits, stats.misses, getattr(stats, "evictions", 0)
         with self._lock:
-            seen, self._seen = self._seen, now
-        counters = (CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS)
-        for counter, new, old in zip(counters, now, seen, strict=True):
-            if new > old:
-                counter.inc(new - old)
+            seen_hits, seen_misses, seen_evictions = self._seen
+            self._seen = (hits, misses, evictions)
+        if hits > seen_hits:
+            CACHE_HITS.inc(hits - seen_hits)
+        if misses > seen_misses:
+            CACHE_MISSES.inc(misses - seen_misses)
+        if evictions > seen_evictions:
+            CACHE_EVICTIONS.inc(evictions - seen_evictions)
 
 
 # S3 ----------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""What watching the registry costs: requests/s of a blob HEAD and a manifest GET through
+the bare registry app ("off") and through the whole pipeline ("on": request id, the
+access log written to a file, metrics, the /healthz layer), in the same run.
+
+    python -m bench.bench_observability
+
+Both apps are served by werkzeug's threaded server (HTTP/1.1, keep-alive) in this
+process, each with its own storage on one bucket of a moto server running in its own
+process; the load comes from client processes with persistent connections, so the
+server's GIL is the registry's alone. Rounds alternate off and on; the median counts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import multiprocessing
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
+
+from bench.support import moto_server, new_bucket
+from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
+from s3blobs.registry import RegistryApp, make_app
+from s3blobs.registry.logformat import install_logging
+from s3blobs.registry.settings import Settings
+
+ROUNDS = 5
+SECONDS = 2.0
+CLIENTS = 2  # processes, one persistent connection each
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+class KeepAlive(WSGIRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass  # werkzeug's own access line would be a third log
+
+
+def serve(app: Any) -> int:
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return int(server.port)
+
+
+def hammer(port: int, method: str, path: str, seconds: float, counts: Any) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    done = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        connection.request(method, path, headers={"Accept": MANIFEST})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+        done += 1
+    counts.put(done)
+
+
+def rate(port: int, method: str, path: str) -> float:
+    counts: Any = multiprocessing.Queue()
+    clients = [
+        multiprocessing.Process(target=hammer, args=(port, method, path, SECONDS, counts))
+        for _ in range(CLIENTS)
+    ]
+    for client in clients:
+        client.start()
+    total = sum(counts.get(timeout=60) for _ in clients)
+    for client in clients:
+        client.join(timeout=10)
+    return total / SECONDS
+
+
+def in_process(app: Any, method: str, path: str, count: int) -> float:
+    """Microseconds of CPU per request, the median of five runs of ``count``."""
+    environ = EnvironBuilder(path=path, method=method, headers={"Accept": MANIFEST}).get_environ()
+    runs = []
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(count):
+            _, status, _ = run_wsgi_app(app, dict(environ), buffered=True)
+            assert status.startswith("200"), status
+        runs.append((time.process_time() - started) / count * 1e6)
+    return statistics.median(runs)
+
+
+def storage_on(endpoint: str, bucket: str) -> S3BlobStorage:
+    config = Config(
+        bucket=bucket, endpoint_url=endpoint, region="us-east-1", addressing_style="path"
+    )
+    return S3BlobStorage(config, DescriptorCacheFactory(config.cache_size, config.cache_ttl))
+
+
+def push(storage: S3BlobStorage) -> str:
+    """A config blob and a manifest tagged v1; returns the blob's digest."""
+    config = storage.repository("bench/obs").put(
+        "application/vnd.oci.image.config.v1+json", b'{"os": "linux"}'
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": {"mediaType": config.media_type, "size": config.size, "digest": config.digest},
+        "layers": [],
+    }
+    answer = Client(RegistryApp(storage)).put(
+        "/v2/bench/obs/manifests/v1",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": MANIFEST},
+    )
+    assert answer.status_code == 201, answer.data
+    return config.digest
+
+
+def main() -> None:
+    multiprocessing.set_start_method("fork")
+    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
+        bucket = new_bucket(endpoint)
+        bare_storage, observed_storage = storage_on(endpoint, bucket), storage_on(endpoint, bucket)
+        digest = push(bare_storage)
+        log_file = open(Path(tmp) / "access.log", "w")  # noqa: SIM115 (closed with the dir)
+        install_logging(Settings(), log_file)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        ports = {
+            "off": serve(RegistryApp(bare_storage)),
+            "on": serve(make_app(observed_storage, Settings())),
+        }
+        requests = {
+            "blob HEAD (warm cache: no S3 request)": ("HEAD", f"/v2/bench/obs/blobs/{digest}"),
+            "manifest GET by tag (2 S3 requests)": ("GET", "/v2/bench/obs/manifests/v1"),
+        }
+        in_process_count = dict(zip(requests, (2000, 200), strict=True))
+        print(
+            f"{CLIENTS} client processes x 1 keep-alive connection, {SECONDS:.0f} s per round, "
+            f"{ROUNDS} rounds alternating off/on, median\n"
+        )
+        print("| request | off: bare app (req/s) | on: log + metrics (req/s) | change |")
+        print("|---|---|---|---|")
+        for label, (method, path) in requests.items():
+            for port in ports.values():  # warm both: caches, connections
+                rate(port, method, path)
+            rates: dict[str, list[float]] = {"off": [], "on": []}
+            for round_number in range(ROUNDS):
+                order = list(ports) if round_number % 2 == 0 else list(ports)[::-1]
+                for variant in order:
+                    rates[variant].append(rate(ports[variant], method, path))
+            off, on = (statistics.median(rates[v]) for v in ("off", "on"))
+            print(f"| {label} | {off:.0f} | {on:.0f} | {(on - off) / off * 100:+.1f}% |")
+        print("\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request:\n")
+        print("| request | off (us) | on (us) | added (us) |")
+        print("|---|---|---|---|")
+        apps = {"off": RegistryApp(bare_storage), "on": make_app(observed_storage, Settings())}
+        for label, (method, path) in requests.items():
+            count = in_process_count[label]
+            costs = {variant: in_process(app, method, path, count) for variant, app in apps.items()}
+            off, on = costs["off"], costs["on"]
+            print(f"| {label} | {off:.0f} | {on:.0f} | {on - off:+.0f} |")
+        log_file.close()
+        with open(Path(tmp) / "access.log") as written:
+            print(f"\naccess log lines written by the 'on' apps: {sum(1 for _ in written)}")
+
+
+if __name__ == "__main__":
+    main()
