@@ -1,13 +1,16 @@
 """What watching the registry costs: requests/s of a blob HEAD and a manifest GET through
-the bare registry app ("off") and through the whole pipeline ("on": request id, the
-access log written to a file, metrics, the /healthz layer), in the same run.
+the bare registry app ("off"), through the whole pipeline ("on": request id, metrics,
+the /healthz layer, and the access log written to a file), and through the pipeline
+with access lines turned off (S3BLOBS_LOG_LEVEL=warning), in the same run.
 
     python -m bench.bench_observability
 
-Both apps are served by werkzeug's threaded server (HTTP/1.1, keep-alive) in this
+The apps are served by werkzeug's threaded server (HTTP/1.1, keep-alive) in this
 process, each with its own storage on one bucket of a moto server running in its own
 process; the load comes from client processes with persistent connections, so the
-server's GIL is the registry's alone. Rounds alternate off and on; the median counts.
+server's GIL is the registry's alone. Rounds rotate the variants; the median counts.
+The server's CPU time per request (this process's, clients excluded) is the steadier
+figure on a shared machine.
 """
 
 from __future__ import annotations
@@ -64,8 +67,11 @@ def hammer(port: int, method: str, path: str, seconds: float, counts: Any) -> No
     counts.put(done)
 
 
-def rate(port: int, method: str, path: str) -> float:
+def rate(port: int, method: str, path: str) -> tuple[float, float]:
+    """Requests/s, and the server's CPU time per request (this process's: the clients
+    are other processes), in microseconds."""
     counts: Any = multiprocessing.Queue()
+    cpu = time.process_time()
     clients = [
         multiprocessing.Process(target=hammer, args=(port, method, path, SECONDS, counts))
         for _ in range(CLIENTS)
@@ -73,9 +79,10 @@ def rate(port: int, method: str, path: str) -> float:
     for client in clients:
         client.start()
     total = sum(counts.get(timeout=60) for _ in clients)
+    cpu = time.process_time() - cpu
     for client in clients:
         client.join(timeout=10)
-    return total / SECONDS
+    return total / SECONDS, cpu / total * 1e6
 
 
 def in_process(app: Any, method: str, path: str, count: int) -> float:
@@ -89,6 +96,11 @@ def in_process(app: Any, method: str, path: str, count: int) -> float:
             assert status.startswith("200"), status
         runs.append((time.process_time() - started) / count * 1e6)
     return statistics.median(runs)
+
+
+def access_log(on: bool) -> None:
+    """Access lines on (INFO) or off, as S3BLOBS_LOG_LEVEL=warning would have it."""
+    logging.getLogger("s3blobs.access").setLevel(logging.NOTSET if on else logging.WARNING)
 
 
 def storage_on(endpoint: str, bucket: str) -> S3BlobStorage:
@@ -127,9 +139,12 @@ def main() -> None:
         log_file = open(Path(tmp) / "access.log", "w")  # noqa: SIM115 (closed with the dir)
         install_logging(Settings(), log_file)
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        ports = {
-            "off": serve(RegistryApp(bare_storage)),
-            "on": serve(make_app(observed_storage, Settings())),
+        observed = serve(make_app(observed_storage, Settings()))
+        # variant: (port, whether access lines are written)
+        variants = {
+            "off": (serve(RegistryApp(bare_storage)), False),
+            "on, no access lines": (observed, False),
+            "on": (observed, True),
         }
         requests = {
             "blob HEAD (warm cache: no S3 request)": ("HEAD", f"/v2/bench/obs/blobs/{digest}"),
@@ -138,20 +153,36 @@ def main() -> None:
         in_process_count = dict(zip(requests, (2000, 200), strict=True))
         print(
             f"{CLIENTS} client processes x 1 keep-alive connection, {SECONDS:.0f} s per round, "
-            f"{ROUNDS} rounds alternating off/on, median\n"
+            f"{ROUNDS} rounds rotating the variants, median; werkzeug threaded server\n"
         )
-        print("| request | off: bare app (req/s) | on: log + metrics (req/s) | change |")
-        print("|---|---|---|---|")
+        print("| request | variant | req/s | change | server CPU per request (us) |")
+        print("|---|---|---|---|---|")
+        rounds = []
         for label, (method, path) in requests.items():
-            for port in ports.values():  # warm both: caches, connections
+            for port, _ in variants.values():  # warm: caches, connections
                 rate(port, method, path)
-            rates: dict[str, list[float]] = {"off": [], "on": []}
+            rates: dict[str, list[float]] = {name: [] for name in variants}
+            cpu: dict[str, list[float]] = {name: [] for name in variants}
+            names = list(variants)
             for round_number in range(ROUNDS):
-                order = list(ports) if round_number % 2 == 0 else list(ports)[::-1]
-                for variant in order:
-                    rates[variant].append(rate(ports[variant], method, path))
-            off, on = (statistics.median(rates[v]) for v in ("off", "on"))
-            print(f"| {label} | {off:.0f} | {on:.0f} | {(on - off) / off * 100:+.1f}% |")
+                shift = round_number % len(names)
+                for name in names[shift:] + names[:shift]:
+                    port, access_lines = variants[name]
+                    access_log(access_lines)
+                    per_second, cpu_us = rate(port, method, path)
+                    rates[name].append(round(per_second))
+                    cpu[name].append(round(cpu_us))
+            access_log(True)
+            off = statistics.median(rates["off"])
+            for name in names:
+                median = statistics.median(rates[name])
+                change = "" if name == "off" else f"{(median - off) / off * 100:+.1f}%"
+                print(
+                    f"| {label} | {name} | {median:.0f} | {change} "
+                    f"| {statistics.median(cpu[name]):.0f} |"
+                )
+                rounds.append(f"{label}, {name}: {rates[name]}")
+        print("\nEvery round (req/s):\n" + "\n".join(rounds))
         print("\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request:\n")
         print("| request | off (us) | on (us) | added (us) |")
         print("|---|---|---|---|")

@@ -211,6 +211,8 @@ class _CacheStatsExport:
 # S3 ----------------------------------------------------------------------------------
 
 _STARTED = "s3blobs_metrics_started"
+# Label children by key, as for HTTP: .labels() costs a lock and a tuple each time.
+_S3_COUNTS: dict[tuple[str, str], Any] = {}
 _S3_DURATIONS: dict[str, Any] = {}
 
 
@@ -235,8 +237,11 @@ def _attempt_answered(
     **_: Any,
 ) -> None:
     """One HTTP attempt answered (or failed to be): what S3 itself would count."""
-    operation = event_name.rpartition(".")[2]
-    S3_REQUESTS.labels(operation, s3_outcome(response_dict, parsed_response, exception)).inc()
+    key = (event_name.rpartition(".")[2], s3_outcome(response_dict, parsed_response, exception))
+    counter = _S3_COUNTS.get(key)
+    if counter is None:
+        counter = _S3_COUNTS.setdefault(key, S3_REQUESTS.labels(*key))
+    counter.inc()
     exchange = current_exchange()
     if exchange is not None:
         exchange.s3_requests += 1
