@@ -23,7 +23,7 @@ import requests
 from conftest import PART
 from netutil import free_port, wait_for_port
 from obsutil import BufferedClient, captured_log, sample, samples_by
-from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
+from s3blobs import Config, ConfigError, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import make_app
 from s3blobs.registry.metrics import serve_metrics
 
@@ -265,6 +265,9 @@ def test_the_listener_serves_the_metrics(storage: S3BlobStorage) -> None:
     try:
         BufferedClient(make_app(storage)).get("/v2/").close()
         text = requests.get(f"http://127.0.0.1:{listener.port}/metrics", timeout=10).text
+        # a second process on the same address, without multiprocess mode: a clear refusal
+        with pytest.raises(ConfigError, match="S3BLOBS_METRICS_ADDR.*PROMETHEUS_MULTIPROC_DIR"):
+            serve_metrics(("127.0.0.1", listener.port))
     finally:
         listener.close()
     assert re.search(r's3blobs_http_requests_total\{method="GET",route="base",status="200"\}', text)

@@ -317,8 +317,13 @@ def serve_metrics(addr: tuple[str, int]) -> MetricsListener | None:
         if directory is not None and exc.errno == errno.EADDRINUSE:
             log.info("metrics: %s:%d is served by another process", host, port)
             return None
+        hint = (
+            " (several worker processes? set PROMETHEUS_MULTIPROC_DIR so they share it)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
         raise ConfigError(
-            f"S3BLOBS_METRICS_ADDR={host}:{port}: cannot listen there: {exc.strerror}"
+            f"S3BLOBS_METRICS_ADDR={host}:{port}: cannot listen there: {exc.strerror}{hint}"
         ) from None
     listener = MetricsListener(server, thread)
     log.info("metrics on http://%s:%d/metrics", host, listener.port)

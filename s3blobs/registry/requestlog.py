@@ -33,7 +33,7 @@ AUTH_FAILURE_REASON = "s3blobs.auth_failure"
 ACCESS_LOG = logging.getLogger("s3blobs.access")
 log = logging.getLogger(__name__)
 
-#: Query parameters of the registry API, logged as sent; any other value is MASKed.
+#: Query parameters of the registry API, logged as sent; any other value is replaced by MASK.
 LOGGED_PARAMETERS = frozenset(
     {"digest", "mount", "from", "n", "last", "digest-algorithm", "artifactType"}
 )
