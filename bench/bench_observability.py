@@ -32,7 +32,9 @@ from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 from bench.support import moto_server, new_bucket
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import RegistryApp, make_app
+from s3blobs.registry.app import ROUTES
 from s3blobs.registry.logformat import install_logging
+from s3blobs.registry.requestlog import RequestLog
 from s3blobs.registry.settings import Settings
 
 ROUNDS = 5
@@ -85,17 +87,23 @@ def rate(port: int, method: str, path: str) -> tuple[float, float]:
     return total / SECONDS, cpu / total * 1e6
 
 
-def in_process(app: Any, method: str, path: str, count: int) -> float:
-    """Microseconds of CPU per request, the median of five runs of ``count``."""
+def in_process(
+    variants: dict[str, tuple[Any, bool]], method: str, path: str, count: int
+) -> dict[str, float]:
+    """Microseconds of CPU per request for each (app, access lines) variant: runs of
+    ``count`` requests rotate the variants seven times; the median counts."""
     environ = EnvironBuilder(path=path, method=method, headers={"Accept": MANIFEST}).get_environ()
-    runs = []
-    for _ in range(5):
-        started = time.process_time()
-        for _ in range(count):
-            _, status, _ = run_wsgi_app(app, dict(environ), buffered=True)
-            assert status.startswith("200"), status
-        runs.append((time.process_time() - started) / count * 1e6)
-    return statistics.median(runs)
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(7):
+        for name, (app, access_lines) in variants.items():
+            access_log(access_lines)
+            started = time.process_time()
+            for _ in range(count):
+                _, status, _ = run_wsgi_app(app, dict(environ), buffered=True)
+                assert status.startswith("200"), status
+            runs[name].append((time.process_time() - started) / count * 1e6)
+    access_log(True)
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def access_log(on: bool) -> None:
@@ -150,7 +158,7 @@ def main() -> None:
             "blob HEAD (warm cache: no S3 request)": ("HEAD", f"/v2/bench/obs/blobs/{digest}"),
             "manifest GET by tag (2 S3 requests)": ("GET", "/v2/bench/obs/manifests/v1"),
         }
-        in_process_count = dict(zip(requests, (2000, 200), strict=True))
+        in_process_count = dict(zip(requests, (1000, 100), strict=True))
         print(
             f"{CLIENTS} client processes x 1 keep-alive connection, {SECONDS:.0f} s per round, "
             f"{ROUNDS} rounds rotating the variants, median; werkzeug threaded server\n"
@@ -183,15 +191,21 @@ def main() -> None:
                 )
                 rounds.append(f"{label}, {name}: {rates[name]}")
         print("\nEvery round (req/s):\n" + "\n".join(rounds))
-        print("\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request:\n")
-        print("| request | off (us) | on (us) | added (us) |")
-        print("|---|---|---|---|")
-        apps = {"off": RegistryApp(bare_storage), "on": make_app(observed_storage, Settings())}
+        print(
+            "\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request (us):\n"
+        )
+        bare = RegistryApp(bare_storage)
+        layers = {
+            "off": (bare, False),
+            "+ request id and context": (RequestLog(bare, ROUTES), False),
+            "+ metrics, /healthz layer": (make_app(observed_storage, Settings()), False),
+            "+ access line = on": (make_app(observed_storage, Settings()), True),
+        }
+        print("| request | " + " | ".join(layers) + " |")
+        print("|---|" + "---|" * len(layers))
         for label, (method, path) in requests.items():
-            count = in_process_count[label]
-            costs = {variant: in_process(app, method, path, count) for variant, app in apps.items()}
-            off, on = costs["off"], costs["on"]
-            print(f"| {label} | {off:.0f} | {on:.0f} | {on - off:+.0f} |")
+            costs = in_process(layers, method, path, in_process_count[label])
+            print(f"| {label} | " + " | ".join(f"{cost:.0f}" for cost in costs.values()) + " |")
         log_file.close()
         with open(Path(tmp) / "access.log") as written:
             print(f"\naccess log lines written by the 'on' apps: {sum(1 for _ in written)}")

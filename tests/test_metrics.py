@@ -266,7 +266,7 @@ def test_the_listener_serves_the_metrics(storage: S3BlobStorage) -> None:
         BufferedClient(make_app(storage)).get("/v2/").close()
         text = requests.get(f"http://127.0.0.1:{listener.port}/metrics", timeout=10).text
         # a second process on the same address, without multiprocess mode: a clear refusal
-        with pytest.raises(ConfigError, match="S3BLOBS_METRICS_ADDR.*PROMETHEUS_MULTIPROC_DIR"):
+        with pytest.raises(ConfigError, match=r"S3BLOBS_METRICS_ADDR.*PROMETHEUS_MULTIPROC_DIR"):
             serve_metrics(("127.0.0.1", listener.port))
     finally:
         listener.close()

@@ -196,8 +196,8 @@ class _CacheStatsExport:
 
     def sync(self) -> None:
         stats = self._stats
-        hits, misses, evictions = stats.hits, stats.misses, getattr(stats, "evictions", 0)
-        with self._lock:
+        with self._lock:  # read under it too: a late reader must not move _seen back
+            hits, misses, evictions = stats.hits, stats.misses, getattr(stats, "evictions", 0)
             seen_hits, seen_misses, seen_evictions = self._seen
             self._seen = (hits, misses, evictions)
         if hits > seen_hits:
