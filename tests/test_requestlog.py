@@ -138,7 +138,10 @@ def test_query_values_outside_the_api_are_masked(client: BufferedClient) -> None
             "/v2/log/app/tags/list",
             query_string={"n": "5", "access_token": "tok3n", "X-Amz-Signature": "s1gnature"},
         )
-    [line] = access_lines(log.getvalue())
+        client.get("/v2/log/app%0A2026-01-01T00:00:00.000Z INFO forged/tags/list")
+    forged = log.getvalue().splitlines()[-1]
+    assert "app%0A2026-01-01T00:00:00.000Z%20INFO%20forged" in forged  # one line, encoded
+    line = access_lines(log.getvalue())[0]
     assert "n=5" in line and "access_token=REDACTED" in line
     assert "X-Amz-Signature=REDACTED" in line
     assert "tok3n" not in line and "s1gnature" not in line

@@ -39,6 +39,8 @@ LOGGED_PARAMETERS = frozenset(
 )
 
 MASK = "REDACTED"
+# What a registry path holds (names, tags, digests, upload ids) stays as it is.
+_PATH_SAFE = "/:@+=,"
 
 Routes = Sequence[tuple[re.Pattern[str], str]]
 Observer = Callable[["Exchange"], None]
@@ -128,14 +130,16 @@ class Exchange:
         }
 
     def logged_path(self) -> str:
-        """The path and the API's own query parameters; other values are REDACTED."""
+        """The path (percent-encoded again, so a decoded newline cannot forge a line)
+        and the API's own query parameters; other values are REDACTED."""
+        path = quote(self.path, safe=_PATH_SAFE)
         if not self.query:
-            return self.path
+            return path
         pairs = [
             f"{quote(key)}={quote(value, safe=':') if key in LOGGED_PARAMETERS else MASK}"
             for key, value in parse_qsl(self.query, keep_blank_values=True)
         ]
-        return self.path + "?" + "&".join(pairs)
+        return path + "?" + "&".join(pairs)
 
 
 _current: ContextVar[Exchange | None] = ContextVar("s3blobs_exchange", default=None)
