@@ -19,6 +19,7 @@ GiB = 1024 * MiB
 #: S3's limits on the size of one part of a multipart upload.
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
+DEFAULT_MAX_BUFFER = 512 * MiB
 
 STORAGE_CLASSES = frozenset(
     {
@@ -50,6 +51,7 @@ class Config:
     prefix: str = ""
     part_size: int = 16 * MiB
     max_concurrency: int = 4
+    max_buffer: int = 0  # 0: 512 MiB, or what one writer may hold when that is more
     redirect: bool = True
     presign_expiry: int = 20 * 60
     storage_class: str | None = None
@@ -85,6 +87,7 @@ class Config:
             "prefix": get("PREFIX", _text, ""),
             "part_size": get("PART_SIZE", _size, cls.part_size),
             "max_concurrency": get("MAX_CONCURRENCY", _int, cls.max_concurrency),
+            "max_buffer": get("MAX_BUFFER", _size, cls.max_buffer),
             "redirect": get("REDIRECT", _bool, cls.redirect),
             "presign_expiry": get("PRESIGN_EXPIRY", _int, cls.presign_expiry),
             "storage_class": get("STORAGE_CLASS", _text, None),
@@ -182,6 +185,14 @@ def _check(config: Config) -> None:
         )
     if not 1 <= config.max_concurrency <= 64:
         raise ConfigError(f"S3BLOBS_MAX_CONCURRENCY={config.max_concurrency}: expected 1 to 64")
+    if not config.max_buffer:
+        one_writer = config.part_size * (config.max_concurrency + 1)
+        object.__setattr__(config, "max_buffer", max(DEFAULT_MAX_BUFFER, one_writer))
+    if config.max_buffer < config.part_size:
+        raise ConfigError(
+            f"S3BLOBS_MAX_BUFFER={config.max_buffer}: must hold at least one part "
+            f"(S3BLOBS_PART_SIZE={config.part_size})"
+        )
     if not 1 <= config.presign_expiry <= 7 * 24 * 3600:
         raise ConfigError(
             f"S3BLOBS_PRESIGN_EXPIRY={config.presign_expiry}: expected 1 to 604800 seconds "

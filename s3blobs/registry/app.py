@@ -21,12 +21,19 @@ from werkzeug.wsgi import get_input_stream
 
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
-from ..errors import BlobError, BlobInvalidDigest, BlobMounted, BlobUnknown, BlobUploadUnknown
+from ..errors import (
+    BlobError,
+    BlobInvalidDigest,
+    BlobMounted,
+    BlobUnknown,
+    BlobUploadClosed,
+    BlobUploadUnknown,
+)
 from ..names import validate_repository_name
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
 from ..storage import S3BlobStorage
-from ..writer import S3BlobWriter
+from ..writer import READ_CHUNK, S3BlobWriter
 from .context import REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
@@ -146,7 +153,7 @@ class RegistryApp:
 
     def monolithic(self, name: str, request: Request, digest: str, size: int) -> Response:
         """``POST ?digest=`` of up to one part: a put, with no multipart upload at all."""
-        body = get_input_stream(request.environ, max_content_length=None).read(size)
+        body = read_body(request, size)
         if len(body) != size:
             raise upload_invalid("the request body ended early")
         expected = parse_digest(digest)
@@ -163,6 +170,8 @@ class RegistryApp:
 
     def upload_patch(self, request: Request, name: str, upload: str) -> Response:
         writer = self.repo(name).resume(upload)
+        if writer.committing:
+            raise BlobUploadClosed(f"upload {upload[:100]} is being committed")
         self.receive(writer, request, name)
         writer.close()
         return self.accepted(name, writer)
@@ -189,12 +198,21 @@ class RegistryApp:
         return Response(b"", status=204)
 
     def finish(self, name: str, writer: S3BlobWriter, request: Request, digest: str) -> Response:
-        """Take the request's body (the last chunk, or the whole blob) and commit."""
-        self.receive(writer, request, name)
+        """Take the request's body (the last chunk, or the whole blob) and commit.
+
+        An upload that a commit already sealed holds every byte: a retried PUT only
+        finishes that commit, and its body (sent again) is not appended twice."""
+        if not writer.committing:
+            self.receive(writer, request, name)
         try:
             descriptor = writer.commit(Descriptor("application/octet-stream", writer.size, digest))
         except BlobError:
-            writer.close()  # keep what arrived: the upload stays resumable
+            try:
+                writer.close()  # keep what arrived: the upload stays resumable
+            except BlobError as exc:
+                log.warning(
+                    "request %s: could not save the upload: %s", request_id(request.environ), exc
+                )
             raise
         return self.created(name, descriptor.digest)
 
@@ -216,16 +234,24 @@ class RegistryApp:
                 )
             if request.content_length is not None and request.content_length != end - start + 1:
                 raise upload_invalid("Content-Length does not match Content-Range")
-        try:
-            writer.read_from(get_input_stream(request.environ, max_content_length=None))
-        except ClientDisconnected:
+        stream = get_input_stream(request.environ, max_content_length=None)
+        received = 0
+        while True:
+            try:
+                chunk = stream.read(READ_CHUNK)
+            except (ClientDisconnected, OSError):  # cut short, or a read timed out
+                chunk = None
+            if not chunk:
+                break
+            received += writer.write(chunk)
+        if chunk is None or request.content_length not in (None, received):
             writer.close()  # keep what arrived; the client can ask for the Range
-            raise upload_invalid("the request body ended early") from None
+            raise upload_invalid("the request body ended early")
 
     # Manifests, tags, referrers ------------------------------------------------------------
 
     def manifest_put(self, request: Request, name: str, reference: str) -> Response:
-        body = get_input_stream(request.environ, max_content_length=None).read(4 * 1024 * 1024 + 1)
+        body = read_body(request, 4 * 1024 * 1024 + 1)
         digest, subject = self.manifests(name).put(reference, request.content_type or "", body)
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
         if subject:
@@ -290,6 +316,15 @@ class RegistryApp:
     def created(self, name: str, digest: str) -> Response:
         headers = {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}
         return Response(b"", status=201, headers=headers)
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the request's body; a body cut short is the client's
+    error (400), not the server's."""
+    try:
+        return bytes(get_input_stream(request.environ, max_content_length=None).read(limit))
+    except (ClientDisconnected, OSError):
+        raise upload_invalid("the request body ended early") from None
 
 
 def create_app() -> RegistryApp:
