@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
@@ -33,7 +32,7 @@ from ..names import validate_repository_name
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
 from ..storage import S3BlobStorage
-from ..writer import READ_CHUNK, S3BlobWriter
+from ..writer import S3BlobWriter
 from .context import REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
@@ -59,6 +58,7 @@ ROUTES: list[tuple[re.Pattern[str], str]] = [
 ]
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+BODY_READ = 256 * 1024
 
 
 class RegistryApp:
@@ -236,13 +236,7 @@ class RegistryApp:
                 raise upload_invalid("Content-Length does not match Content-Range")
         stream = get_input_stream(request.environ, max_content_length=None)
         received = 0
-        while True:
-            try:
-                chunk = stream.read(READ_CHUNK)
-            except (ClientDisconnected, OSError):  # cut short, or a read timed out
-                chunk = None
-            if not chunk:
-                break
+        while chunk := read_some(stream, BODY_READ):
             received += writer.write(chunk)
         if chunk is None or request.content_length not in (None, received):
             writer.close()  # keep what arrived; the client can ask for the Range
@@ -318,13 +312,28 @@ class RegistryApp:
         return Response(b"", status=201, headers=headers)
 
 
+def read_some(stream: Any, size: int) -> bytes | None:
+    """Up to ``size`` bytes of a request body; b"" at its end, None when it broke off.
+
+    A body can break in as many ways as there are servers (werkzeug's OSError for a
+    bad chunk header, gunicorn's parse errors, a read timeout): whatever the server
+    raises while reading is the client's connection failing, never the registry's.
+    What one read had taken in when it failed is lost with it, so reads are small
+    enough (BODY_READ) for a client that continues from the Range to resend little.
+    """
+    try:
+        return bytes(stream.read(size))
+    except Exception:
+        return None
+
+
 def read_body(request: Request, limit: int) -> bytes:
     """Up to ``limit`` bytes of the request's body; a body cut short is the client's
     error (400), not the server's."""
-    try:
-        return bytes(get_input_stream(request.environ, max_content_length=None).read(limit))
-    except (ClientDisconnected, OSError):
-        raise upload_invalid("the request body ended early") from None
+    body = read_some(get_input_stream(request.environ, max_content_length=None), limit)
+    if body is None:
+        raise upload_invalid("the request body ended early")
+    return body
 
 
 def create_app() -> RegistryApp:
