@@ -32,6 +32,7 @@ from typing import Any
 
 from .buffers import BufferBudget, ChunkReader
 from .config import Config
+from .digests import parse_digest
 from .errors import BlobUploadConflict, BlobUploadUnknown
 from .paths import Paths, is_valid_upload_token
 from .s3 import delete_keys, encryption_args, s3_errors
@@ -54,24 +55,29 @@ def upload_id_of(token: str) -> str:
 
 @dataclass(frozen=True)
 class Piece:
-    """Bytes saved at a close(), waiting to become part of a part."""
+    """Bytes saved at a close(), waiting to become part of a part: an object of the
+    upload's own (``name``), or, for a whole blob too short for a part, the entry of
+    the digest those bytes have (``entry``), which is a blob in its own right and is
+    never deleted with the upload."""
 
     name: str
     size: int
+    entry: str = ""
 
 
 @dataclass(frozen=True)
 class Part:
-    """An uploaded part, as CompleteMultipartUpload wants it back."""
+    """An uploaded part, as CompleteMultipartUpload wants it back, and its size."""
 
     etag: str
     crc32: str = ""  # S3's CRC32 of the part, where the store returns one
+    size: int = 0
 
 
 @dataclass(frozen=True)
 class UploadState:
     """What a process needs to continue an upload: invariant
-    ``size == len(parts) * part_size + sum(piece sizes)``, except once sealed.
+    ``size == sum(part sizes) + sum(piece sizes)``, except once sealed.
 
     A sealed state (``committing`` is the digest being committed) holds every byte
     in its parts (the last one short), or, for a blob below one part, in the blob's
@@ -113,8 +119,8 @@ class UploadState:
     def to_json(self) -> bytes:
         data: dict[str, Any] = asdict(self)
         data["hash_state"] = base64.b64encode(self.hash_state).decode()
-        data["pieces"] = [[p.name, p.size] for p in self.pieces]
-        data["parts"] = [[p.etag, p.crc32] for p in self.parts]
+        data["pieces"] = [[p.name, p.size, p.entry] for p in self.pieces]
+        data["parts"] = [[p.etag, p.crc32, p.size] for p in self.parts]
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -123,8 +129,12 @@ class UploadState:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in json.loads(raw).items() if k in known}
         data["hash_state"] = base64.b64decode(data["hash_state"])
-        data["parts"] = tuple(Part(etag, crc32) for etag, crc32 in data["parts"])
-        data["pieces"] = tuple(Piece(name, size) for name, size in data["pieces"])
+        # Parts saved by the first releases had no size: they were all part_size.
+        data["parts"] = tuple(
+            Part(part[0], part[1], part[2] if len(part) > 2 else data["part_size"])
+            for part in data["parts"]
+        )
+        data["pieces"] = tuple(Piece(*piece) for piece in data["pieces"])
         return cls(**data)
 
 
@@ -242,17 +252,20 @@ class UploadStore:
         def expired() -> BlobUploadUnknown:
             return BlobUploadUnknown(f"upload {state.id[:100]} lost saved bytes (expired?)")
 
+        if piece.entry:
+            key = self.paths.blob(parse_digest(piece.entry))
+        else:
+            key = self.paths.upload_piece(state.id, piece.name)
         with s3_errors("reading an upload's buffered bytes", not_found=expired):
-            response = self.client.get_object(
-                Bucket=self.bucket, Key=self.paths.upload_piece(state.id, piece.name)
-            )
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
             data = bytes(response["Body"].read())
         if len(data) != piece.size:
             raise BlobUploadConflict(f"upload {state.id[:100]}: a saved piece has the wrong size")
         return data
 
     def piece_keys(self, state: UploadState, pieces: tuple[Piece, ...] | list[Piece]) -> list[str]:
-        return [self.paths.upload_piece(state.id, p.name) for p in pieces]
+        """The upload's own objects among ``pieces`` (an entry is a blob: never deleted)."""
+        return [self.paths.upload_piece(state.id, p.name) for p in pieces if not p.entry]
 
     def delete_keys(self, keys: list[str]) -> None:
         delete_keys(self.client, self.bucket, keys, "removing upload state")

@@ -1,11 +1,21 @@
 """BlobWriter on an S3 multipart upload: resumable by id from any process.
 
 Bytes are hashed on the caller's thread as they arrive and buffered (a MiB at a time,
-within the process's budget) up to the part size; every full part (all exactly
-``part_size`` bytes) uploads in the background, at most ``max_concurrency`` at a
-time. Part numbers follow byte offsets, so a retried chunk rewrites the same part
-with the same bytes. ``close()`` saves what a later ``resume()`` needs: the hash
-state, the part ETags, and the buffered tail as a new piece.
+within the process's budget) up to the part size; full parts upload in the
+background, at most ``max_concurrency`` at a time. ``close()`` saves what a later
+``resume()`` needs: the hash state, the part ETags, and the buffered tail as a piece.
+Parts follow the bytes in order, so a retried chunk rewrites the same part with the
+same bytes.
+
+Each byte is sent once where the store allows parts of different sizes
+(``S3BLOBS_EQUAL_PARTS``): the last full part is held back until more bytes come, so
+that a request ends on a part boundary (a short tail joins the held part; a tail of
+at least S3's 5 MiB minimum is a part of its own), and a whole blob below that is
+saved at ``close()`` as its own entry, under the digest of what arrived, which the
+commit then only has to confirm. Only tails between parts that are too short to
+stand alone (small chunks) are saved as pieces and sent again inside a part. Where
+parts must all be of one size (Cloudflare R2), every part but the last is exactly
+``part_size`` and each tail is a piece.
 
 ``commit()`` verifies length and digest from the hash state, with no read-back, and
 finishes the upload where its bytes already are: nothing is ever copied. It is
@@ -34,6 +44,7 @@ from types import TracebackType
 from typing import IO
 
 from .buffers import ChunkReader, PartBuffer
+from .config import MIN_PART_SIZE
 from .descriptor import Descriptor
 from .digests import Digest, parse_digest
 from .errors import (
@@ -82,6 +93,8 @@ class S3BlobWriter:
         self._pieces = list(state.pieces)  # saved tail not yet inside a part, oldest first
         self._buffer = PartBuffer(self._part_size, uploads.budget)  # tail received here
         self._consumed: list[str] = []  # keys of pieces already inside a part
+        self._equal_parts = uploads.config.equal_parts
+        self._held: tuple[Body, int] | None = None  # a full part kept back, and its budget
         self._inflight: deque[Future[Part]] = deque()
         self._executor: ThreadPoolExecutor | None = None
         self._ended: str | None = None  # "closed", "committed", "cancelled" or "broken"
@@ -136,7 +149,11 @@ class S3BlobWriter:
                 self._buffer.append(view[pos : pos + take])
                 pos += take
                 if self._tail_size() == self._part_size:
-                    self._submit_part(*self._take_tail())
+                    if self._equal_parts:
+                        self._submit_part(*self._take_tail())
+                    else:  # more bytes came: the part held back is not the last one
+                        self._submit_held()
+                        self._held = self._take_tail()
         return view.nbytes
 
     def read_from(self, fileobj: IO[bytes]) -> int:
@@ -151,13 +168,11 @@ class S3BlobWriter:
         if self._ended:
             return
         with self._breaking_on_error():
+            self._flush_parts(final=False)
             self._drain()
             pieces = list(self._pieces)
-            new_piece = None
-            if len(self._buffer):
-                new_piece = self._uploads.put_piece(
-                    self._stored.state, ChunkReader(self._buffer.views())
-                )
+            new_piece = self._save_tail() if len(self._buffer) else None
+            if new_piece is not None:
                 pieces.append(new_piece)
             state = replace(
                 self._stored.state,
@@ -178,6 +193,18 @@ class S3BlobWriter:
             self._uploads.delete_keys(self._consumed)
         self._end("closed")
 
+    def _save_tail(self) -> Piece:
+        """Save the buffered tail. A whole blob (nothing before it) that is too short
+        for a part is saved as its own entry, under the digest of these bytes: if the
+        client commits it as that digest, nothing is sent again. Otherwise the entry
+        is just a blob nobody links, for registry garbage collection."""
+        views = self._buffer.views()
+        if not self._parts and not self._pieces and self._size == len(self._buffer):
+            digest = parse_digest(self.computed_digest())
+            self._entries.put_small(digest, DEFAULT_MEDIA_TYPE, ChunkReader(views))
+            return Piece("", self._size, entry=str(digest))
+        return self._uploads.put_piece(self._stored.state, ChunkReader(views))
+
     # Finishing -------------------------------------------------------------------
 
     def commit(self, provisional: Descriptor) -> Descriptor:
@@ -193,7 +220,7 @@ class S3BlobWriter:
             if provisional.size != self._size:
                 raise BlobInvalidLength(f"declared {provisional.size} bytes, received {self._size}")
             verified = self._verify(digest)
-            if self._parts:
+            if self._parts or self._held:
                 descriptor = self._commit_parts(digest, media_type, verified)
             else:
                 descriptor = self._commit_small(digest, media_type, verified)
@@ -249,6 +276,11 @@ class S3BlobWriter:
         a PATCH that saved more bytes in between keeps its upload open instead."""
         if self.committing:  # the entry was written before the seal
             descriptor = self._entries.stat(digest)
+        elif self._saved_as_entry(digest):
+            descriptor = Descriptor(DEFAULT_MEDIA_TYPE, self._size, str(digest))
+            if not self._seal(digest, keep_open_on_conflict=True):
+                self._link(descriptor)
+                return descriptor
         else:
             body, reserved = self._take_tail()
             try:
@@ -268,9 +300,8 @@ class S3BlobWriter:
         """Upload the tail as the last part, seal, complete, then write the entry."""
         state = self._stored.state
         if not self.committing:
-            body, reserved = self._take_tail()
-            if body:
-                self._parts.append(self._upload_part(len(self._parts) + 1, body, reserved))
+            self._flush_parts(final=True)
+            self._drain()
             self._seal(digest)
         self._complete()
         if not verified and not self._read_back_matches(digest):
@@ -343,6 +374,35 @@ class S3BlobWriter:
 
     # Internals -------------------------------------------------------------------
 
+    def _saved_as_entry(self, digest: Digest) -> bool:
+        """Whether close() saved the whole blob as the entry of ``digest``."""
+        return (
+            not len(self._buffer)
+            and len(self._pieces) == 1
+            and self._pieces[0].entry == str(digest)
+        )
+
+    def _flush_parts(self, final: bool) -> None:
+        """At the end of a request, upload what can be a part: the part held back (with
+        a tail too short to stand alone joined to it), a tail that may be a part of its
+        own (any tail, when the upload ends here)."""
+        tail = self._tail_size()
+        if self._held is not None:
+            if 0 < tail < MIN_PART_SIZE:
+                held, held_budget = self._held
+                self._held = None
+                body, reserved = self._take_tail()
+                self._submit_part(held + body, held_budget + reserved)
+                return
+            self._submit_held()
+        if tail and (final or (not self._equal_parts and tail >= MIN_PART_SIZE)):
+            self._submit_part(*self._take_tail())
+
+    def _submit_held(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._submit_part(*held)
+
     def _hash(self) -> ResumableHash:
         if self._hasher is None:
             self._hasher = ResumableHash.from_state(self._algorithm, self._hash_state)
@@ -383,6 +443,12 @@ class S3BlobWriter:
         while len(self._inflight) >= self._uploads.config.max_concurrency:
             self._parts.append(self._inflight.popleft().result())
         number = len(self._parts) + len(self._inflight) + 1
+        if number > MAX_PARTS:
+            self._uploads.budget.release(reserved)
+            raise BlobTooLarge(
+                f"a blob may hold at most {MAX_PARTS} parts; send larger chunks, "
+                "or raise S3BLOBS_PART_SIZE"
+            )
         self._inflight.append(self._pool().submit(self._upload_part, number, body, reserved))
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -407,7 +473,8 @@ class S3BlobWriter:
                 )
         finally:
             self._uploads.budget.release(reserved)
-        return Part(str(response["ETag"]), str(response.get("ChecksumCRC32", "")))
+        size = sum(view.nbytes for view in body)
+        return Part(str(response["ETag"]), str(response.get("ChecksumCRC32", "")), size)
 
     def _drain(self) -> None:
         while self._inflight:
@@ -450,6 +517,9 @@ class S3BlobWriter:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
         self._buffer.clear()
+        if self._held is not None:
+            self._uploads.budget.release(self._held[1])
+            self._held = None
 
     @contextmanager
     def _breaking_on_error(self, keep_open: tuple[type[Exception], ...] = ()) -> Iterator[None]:

@@ -18,6 +18,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
+from ..config import MIN_PART_SIZE
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
 from ..errors import (
@@ -144,7 +145,12 @@ class RegistryApp:
             return self.created(name, mounted.descriptor.digest)
         if digest is None:
             writer.close()
-            return self.accepted(name, writer)
+            response = self.accepted(name, writer)
+            # Chunks shorter than this are kept aside and sent to S3 a second time.
+            config = self.storage.config
+            chunk = MIN_PART_SIZE if not config.equal_parts else config.part_size
+            response.headers["OCI-Chunk-Min-Length"] = str(chunk)
+            return response
         try:
             return self.finish(name, writer, request, digest)
         except Exception:
