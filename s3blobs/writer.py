@@ -51,6 +51,7 @@ from .errors import (
     BlobInvalidDigest,
     BlobInvalidLength,
     BlobTooLarge,
+    BlobUnknown,
     BlobUploadClosed,
     BlobUploadConflict,
     BlobUploadUnknown,
@@ -277,7 +278,12 @@ class S3BlobWriter:
         if self.committing:  # the entry was written before the seal
             descriptor = self._entries.stat(digest)
         elif self._saved_as_entry(digest):
-            descriptor = Descriptor(DEFAULT_MEDIA_TYPE, self._size, str(digest))
+            # S3 says it is still there (garbage collection may sweep an entry that
+            # waited long unlinked): a blob is never confirmed from memory.
+            try:
+                descriptor = self._entries.stat(digest)
+            except BlobUnknown:
+                raise BlobUploadUnknown(f"upload {self.id[:100]} lost saved bytes") from None
             if not self._seal(digest, keep_open_on_conflict=True):
                 self._link(descriptor)
                 return descriptor

@@ -10,7 +10,7 @@ import pytest
 from werkzeug.test import Client
 
 from conftest import BUCKET, PART, S3Calls, all_keys, body_size
-from s3blobs import Config, Descriptor, S3BlobStorage
+from s3blobs import BlobUnknown, BlobUploadUnknown, Config, Descriptor, S3BlobStorage
 from s3blobs.config import MiB
 from s3blobs.registry import RegistryApp
 
@@ -127,11 +127,25 @@ def test_a_small_blob_is_saved_once_as_its_own_entry(unequal: S3BlobStorage) -> 
     assert sent.total == 0  # the commit sends none of the blob's bytes again
     assert calls.by_op() == {
         "GetObject": 1,  # the state
+        "HeadObject": 1,  # the entry: still there?
         "PutObject": 2,  # the sealed state, the link
         "AbortMultipartUpload": 1,
         "DeleteObjects": 1,
     }
     assert repo.get(desc(data).digest) == data
+
+
+def test_a_small_blob_whose_entry_was_swept_meanwhile(unequal: S3BlobStorage) -> None:
+    repo = unequal.repository("library/app")
+    data = os.urandom(1000)
+    writer = repo.create()
+    writer.write(data)
+    writer.close()
+    unequal.blobs.delete(desc(data).digest)  # as garbage collection would
+    with pytest.raises(BlobUploadUnknown):
+        repo.resume(writer.id).commit(desc(data))
+    with pytest.raises(BlobUnknown):
+        repo.stat(desc(data).digest)
 
 
 def test_a_small_blob_committed_in_another_algorithm(unequal: S3BlobStorage) -> None:
