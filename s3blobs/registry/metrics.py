@@ -331,8 +331,9 @@ def serve_metrics(addr: tuple[str, int]) -> MetricsListener | None:
 
 
 def gunicorn_when_ready(server: Any) -> None:
-    """gunicorn's ``when_ready`` hook: the master serves the metrics of every worker
-    (workers find the address taken and leave it)."""
+    """gunicorn's ``when_ready`` hook: in multiprocess mode the master serves the
+    metrics of every worker (the workers find the address taken and leave it).
+    Otherwise it does nothing: the master has no figures of its own to serve."""
     addr = Settings.from_env().metrics_addr
-    if addr is not None:
+    if addr is not None and multiprocess_dir() is not None:
         serve_metrics(addr)
