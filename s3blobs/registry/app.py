@@ -19,6 +19,9 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
+from ..cache_backend import caches_from_config, memory_manifest_cache
+from ..caches import ValueCache
+from ..config import Config
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
 from ..errors import BlobError, BlobInvalidDigest, BlobMounted, BlobUnknown, BlobUploadUnknown
@@ -36,7 +39,8 @@ from .errors import (
     translate,
     upload_invalid,
 )
-from .manifests import ManifestCache, Manifests
+from .manifests import Manifests
+from .proxies import BehindProxies, trusted_proxies
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,15 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 class RegistryApp:
     """``RegistryApp(storage)`` is a WSGI application serving the registry API."""
 
-    def __init__(self, storage: S3BlobStorage) -> None:
+    def __init__(
+        self,
+        storage: S3BlobStorage,
+        manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.storage = storage
-        self.manifest_cache = ManifestCache()
+        self.manifest_cache = (
+            manifest_cache if manifest_cache is not None else memory_manifest_cache()
+        )
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -292,6 +302,10 @@ class RegistryApp:
         return Response(b"", status=201, headers=headers)
 
 
-def create_app() -> RegistryApp:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
-    return RegistryApp(S3BlobStorage.from_env())
+def create_app() -> BehindProxies:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``),
+    its caches where ``S3BLOBS_CACHE`` says, behind ``S3BLOBS_TRUSTED_PROXIES``."""
+    config = Config.from_env()
+    caches = caches_from_config(config)
+    storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
+    return BehindProxies(RegistryApp(storage, caches.manifests), trusted_proxies())
