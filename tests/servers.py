@@ -1,0 +1,194 @@
+"""Real servers the replica and deployment tests start on loopback: redis-server, the
+registry under gunicorn with the shipped configuration, and a moto server process;
+and what they cost in memory (VmHWM)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from netutil import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+
+
+def need(tool: str) -> str:
+    """The tool's path; a skip with the reason when it is missing (a failure in CI,
+    where S3BLOBS_REQUIRE_TOOLS is set)."""
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if path is None:
+        if os.environ.get("S3BLOBS_REQUIRE_TOOLS"):
+            pytest.fail(f"{tool} is required here (S3BLOBS_REQUIRE_TOOLS is set)")
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class RedisServer:
+    """A redis-server on a loopback port, as a cache (nothing saved to disk), that a
+    test can kill, restart on the same port, or freeze (SIGSTOP) and thaw."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = need("redis-server")
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc, "redis-server")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        stop(self.proc, signal.SIGKILL)
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        """A plain client with patient timeouts, for the test to look inside."""
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.thaw()
+            stop(self.proc)
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def moto_process() -> Iterator[str]:
+    """A moto S3 server in its own process (its memory is not the test's); yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-c", "from moto.server import main; main()"]
+    proc = subprocess.Popen(
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc, "moto server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+class Registry:
+    """The registry under gunicorn with deploy/gunicorn.conf.py, on a loopback port."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1, log: Path | None = None) -> None:
+        self.port = free_port()
+        command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]
+        command += ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)]
+        self.log = open(log, "wb") if log else None  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=self.log or subprocess.DEVNULL,
+            stderr=self.log or subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, seconds: float = 30) -> None:
+        wait_for_port(self.port, self.proc, "gunicorn", seconds)
+        deadline = time.time() + seconds
+        while True:  # the master listens at once; a worker answers once it has booted
+            try:
+                if requests.get(f"{self.url}/v2/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the registry on port {self.port} did not start")
+            time.sleep(0.1)
+
+    def workers(self) -> list[int]:
+        return children(self.proc.pid)
+
+    def stop(self) -> None:
+        stop(self.proc)
+        if self.log:
+            self.log.close()
+
+
+@contextmanager
+def registries(env: dict[str, str], count: int, workers: int = 1) -> Iterator[list[Registry]]:
+    started = [Registry(env, workers) for _ in range(count)]
+    try:
+        for registry in started:
+            registry.wait_ready()
+        yield started
+    finally:
+        for registry in started:
+            registry.stop()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
