@@ -19,11 +19,13 @@ a stat that raced a delete stores where no one will look.
 
 Redis is a cache, never a dependency: a failed or slow command (timeouts of a few
 milliseconds) makes the cache step aside, a miss for reads and nothing for writes,
-for ``retry_after`` seconds, so S3 answers; the failure is counted in ``stats`` and
-logged at most every ``LOG_EVERY`` seconds. An invalidation is retried with a longer
-timeout (a delete may wait; a stat may not); if it still fails, the whole namespace
-is invalidated (a new epoch) at the first moment Redis answers again, before this
-process reads anything from it.
+so S3 answers; the failure is counted in ``stats`` and logged at most every
+``LOG_EVERY`` seconds. The cache stays aside 50 ms after one failure, twice as long
+after each failure in a row, at most ``retry_after`` seconds: a stray timeout costs
+little, and a Redis that is down costs one attempt a second. An invalidation is
+made with a longer timeout (a delete may wait; a stat may not); if it fails, the
+whole namespace is invalidated (a new epoch) at the first moment Redis answers
+again, before this process reads anything from it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 0.02
 #: Socket timeout of invalidations and epoch resets: a delete can wait this long.
 INVALIDATION_TIMEOUT = 0.5
-#: How long the cache stays aside after a failure before Redis is tried again.
+#: How long the cache stays aside after the first failure, and at most.
+FIRST_RETRY_AFTER = 0.05
 RETRY_AFTER = 1.0
 #: At most one warning per this many seconds while Redis fails.
 LOG_EVERY = 30.0
@@ -121,7 +124,9 @@ class RedisCache:
         self._under_tokens = self._fast.register_script(_UNDER_TOKENS)
         self._lock = threading.Lock()
         self._aside_until = 0.0
+        self._failures_in_a_row = 0
         self._failing = False
+        self._warned = False
         self._missed = 0  # invalidations missed since the last epoch reset
         self._last_warning = -LOG_EVERY
         self._unreported = 0
@@ -241,19 +246,21 @@ class RedisCache:
         now = time.monotonic()
         with self._lock:
             self.stats.failures += 1
-            self._aside_until = now + self.retry_after
+            self._failures_in_a_row += 1
+            aside = FIRST_RETRY_AFTER * 2 ** min(self._failures_in_a_row - 1, 16)
+            self._aside_until = now + min(aside, self.retry_after)
             self._failing = True
             self._unreported += 1
             if now - self._last_warning < LOG_EVERY:
                 return
             self._last_warning, count, self._unreported = now, self._unreported, 0
+            self._warned = True
         log.warning(
-            "Redis cache %s unavailable (%s: %s): S3 answers instead, Redis is tried again "
-            "every %gs (%d failure(s) since the last warning)",
+            "Redis cache %s unavailable (%s: %s): S3 answers instead until Redis answers "
+            "again (%d failure(s) since the last warning)",
             self.url,
             type(exc).__name__,
             exc,
-            self.retry_after,
             count,
         )
 
@@ -262,7 +269,10 @@ class RedisCache:
             if not self._failing:
                 return
             self._failing = False
-        log.warning("Redis cache %s answers again", self.url)
+            self._failures_in_a_row = 0
+            warned, self._warned = self._warned, False
+        if warned:  # the warning's counterpart, no more often than the warning
+            log.warning("Redis cache %s answers again", self.url)
 
     def close(self) -> None:
         self._fast.close()
