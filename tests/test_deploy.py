@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from certs import ServerCertificate, make_server_certificate
 from netutil import free_port, wait_for_port
 from servers import (
     ROOT,
+    Registry,
     children,
     moto_process,
     need,
@@ -265,3 +267,34 @@ def test_skopeo_through_nginx_and_two_gunicorns_with_a_1_gib_layer(tmp_path: Pat
                 down = requests.get(f"https://{registry}/v2/", verify=tls.ca, timeout=10)
                 assert down.status_code == 503 and down.headers["Retry-After"]
                 assert down.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+
+def test_gunicorn_lets_an_upload_in_flight_finish_on_sigterm(server_env: dict[str, str]) -> None:
+    """The shipped graceful shutdown: SIGTERM stops new connections, and a PATCH that
+    is still streaming its body finishes and is answered."""
+    registry = Registry(server_env)
+    try:
+        registry.wait_ready()
+        started = requests.post(f"{registry.url}/v2/drain/me/blobs/uploads/", timeout=10)
+        assert started.status_code == 202
+        signalled = threading.Event()
+
+        def body() -> Iterator[bytes]:
+            yield b"a" * MiB
+            os.kill(registry.proc.pid, signal.SIGTERM)  # mid-request
+            signalled.set()
+            time.sleep(1.0)  # the shutdown is under way while the body still streams
+            for _ in range(3):
+                yield b"b" * MiB
+
+        patched = requests.patch(
+            registry.url + started.headers["Location"], data=body(), timeout=30
+        )
+        assert signalled.is_set()
+        assert patched.status_code == 202, patched.text
+        assert patched.headers["Range"] == f"0-{4 * MiB - 1}"
+        assert registry.proc.wait(timeout=30) == 0  # then it exits, cleanly
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{registry.url}/v2/", timeout=5)
+    finally:
+        registry.stop()
