@@ -272,8 +272,8 @@ def test_a_frozen_redis_costs_a_timeout_not_a_failure(
     try:
         started = time.monotonic()
         assert b.repo().stat(digest).size == 6  # S3 answers
-        assert time.monotonic() - started < 1.0
-        assert b.cache.stats.failures == 1
+        assert time.monotonic() - started < 1.0  # a timeout or two of 20 ms, and S3
+        assert b.cache.stats.failures >= 1
     finally:
         redis_server.thaw()
     time.sleep(0.3)
