@@ -104,12 +104,20 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
 
 
 @contextmanager
-def moto_process() -> Iterator[str]:
-    """A moto S3 server in its own process (its memory is not the test's); yields its URL."""
+def moto_process(objects_in_memory: bool = False) -> Iterator[str]:
+    """A moto S3 server in its own process (its memory is not the test's); yields its URL.
+
+    moto spools every object and part over ~5 MiB to a temporary file; with
+    ``objects_in_memory`` it keeps them in memory (large uploads run twice as fast).
+    """
     port = free_port()
     command = [sys.executable, "-c", "from moto.server import main; main()"]
+    env = dict(os.environ)
+    if objects_in_memory:
+        env["MOTO_S3_DEFAULT_KEY_BUFFER_SIZE"] = str(4 << 30)
     proc = subprocess.Popen(
         [*command, "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -200,7 +200,10 @@ def test_skopeo_through_nginx_and_two_gunicorns_with_a_1_gib_layer(tmp_path: Pat
     tls = make_server_certificate(tmp_path / "tls")
     source, pulled = tmp_path / "source", tmp_path / "pulled"
     big_digest = image_with_big_layer(source)
-    with redis_server(tmp_path / "redis") as cache, moto_process() as endpoint:
+    with (
+        redis_server(tmp_path / "redis") as cache,
+        moto_process(objects_in_memory=True) as endpoint,
+    ):
         bucket = "deploy-e2e"
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
             Bucket=bucket
