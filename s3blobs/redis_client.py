@@ -122,6 +122,8 @@ class RedisCache:
         self._fast = _client(options, timeout, connect_timeout)
         self._sure = _client(options, max(timeout, invalidation_timeout), invalidation_timeout)
         self._under_tokens = self._fast.register_script(_UNDER_TOKENS)
+        # Lifetime of a generation key, raised by the caches to outlive their values.
+        self._generation_ttl = 3600.0
         self._lock = threading.Lock()
         self._aside_until = 0.0
         self._failures_in_a_row = 0
@@ -179,9 +181,6 @@ class RedisCache:
         self._attempt(lambda: self._sure.delete(self.namespace + key), None)
 
     # Tokens -----------------------------------------------------------------------
-
-    #: Lifetime of a generation key; set by the caches from their longest TTL.
-    _generation_ttl = 3600.0
 
     def keep_generations_for(self, ttl: float) -> None:
         """Generation keys outlive values of ``ttl`` seconds (a generation that expires
