@@ -131,17 +131,16 @@ def moto_process(objects_in_memory: bool = False) -> Iterator[str]:
 class Registry:
     """The registry under gunicorn with deploy/gunicorn.conf.py, on a loopback port."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, log: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
         self.port = free_port()
         command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]
         command += ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)]
-        self.log = open(log, "wb") if log else None  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             command,
             env={**os.environ, **env},
             cwd=ROOT,
-            stdout=self.log or subprocess.DEVNULL,
-            stderr=self.log or subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -163,8 +162,6 @@ class Registry:
 
     def stop(self) -> None:
         stop(self.proc)
-        if self.log:
-            self.log.close()
 
 
 @contextmanager

@@ -13,13 +13,13 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.test import Client
 
 from conftest import PART, S3Calls
+from netutil import free_port
 from s3blobs import BlobUnknown, Config, ConfigError, S3BlobStorage
 from s3blobs.cache_backend import caches_from_config
 from s3blobs.redis_cache import (
@@ -349,11 +349,7 @@ def test_a_bad_cache_names_the_variable_and_hides_the_password(value: str) -> No
     assert "s3cret" not in str(error.value)
 
 
-def test_a_password_is_never_logged(
-    config: Config, caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
-    from netutil import free_port
-
+def test_a_password_is_never_logged(config: Config, caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
     caplog.set_level(logging.DEBUG)
     down = replica(config, url)
