@@ -53,6 +53,9 @@ T = TypeVar("T")
 #: Socket timeout (seconds) of cache reads and writes; a URL's ``?socket_timeout=``
 #: overrides it. Python threads switch every 5 ms, so less would fail for nothing.
 DEFAULT_TIMEOUT = 0.02
+#: Timeout of opening a connection (a TLS handshake included), once per pooled
+#: connection; a URL's ``?socket_connect_timeout=`` overrides it.
+DEFAULT_CONNECT_TIMEOUT = 0.1
 #: Socket timeout of invalidations and epoch resets: a delete can wait this long.
 INVALIDATION_TIMEOUT = 0.5
 #: How long the cache stays aside after the first failure, and at most.
@@ -118,7 +121,7 @@ class RedisCache:
         self.stats = RedisStats()
         options = _connection_options(url)
         timeout = float(options.pop("socket_timeout", DEFAULT_TIMEOUT))
-        connect_timeout = float(options.pop("socket_connect_timeout", timeout))
+        connect_timeout = float(options.pop("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
         self._fast = _client(options, timeout, connect_timeout)
         self._sure = _client(options, max(timeout, invalidation_timeout), invalidation_timeout)
         self._under_tokens = self._fast.register_script(_UNDER_TOKENS)

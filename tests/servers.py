@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from certs import ServerCertificate
 from netutil import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,15 +50,22 @@ class RedisServer:
     """A redis-server on a loopback port, as a cache (nothing saved to disk), that a
     test can kill, restart on the same port, or freeze (SIGSTOP) and thaw."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, tls: ServerCertificate | None = None, password: str = ""
+    ) -> None:
         self.binary = need("redis-server")
         self.workdir = workdir
         self.port = free_port()
+        self.tls = tls
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
 
     @property
     def pid(self) -> int:
@@ -66,8 +74,16 @@ class RedisServer:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        command = [self.binary, "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        command += ["--save", "", "--appendonly", "no"]
+        if self.tls is None:
+            command += ["--port", str(self.port)]
+        else:
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            command += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            command += ["--tls-ca-cert-file", str(self.tls.ca)]
+        if self.password:
+            command += ["--requirepass", self.password]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.proc, "redis-server")
 
@@ -84,8 +100,8 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
 
     def client(self) -> redis.Redis:
-        """A plain client with patient timeouts, for the test to look inside."""
-        return redis.Redis(port=self.port, socket_timeout=5)
+        """A client with patient timeouts, for the test to look inside."""
+        return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -94,8 +110,10 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir)
+def redis_server(
+    workdir: Path, tls: ServerCertificate | None = None, password: str = ""
+) -> Iterator[RedisServer]:
+    server = RedisServer(workdir, tls, password)
     server.start()
     try:
         yield server

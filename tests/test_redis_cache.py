@@ -13,11 +13,13 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.test import Client
 
+from certs import make_server_certificate
 from conftest import PART, S3Calls
 from netutil import free_port
 from s3blobs import BlobUnknown, Config, ConfigError, S3BlobStorage
@@ -30,6 +32,7 @@ from s3blobs.redis_cache import (
 from s3blobs.redis_client import RedisCache, namespace_for
 from s3blobs.registry import RegistryApp
 from servers import RedisServer
+from servers import redis_server as running_redis
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -347,6 +350,28 @@ def test_a_bad_cache_names_the_variable_and_hides_the_password(value: str) -> No
         Config.from_env({"S3BLOBS_BUCKET": "b-1", "S3BLOBS_CACHE": value})
     assert "S3BLOBS_CACHE" in str(error.value)
     assert "s3cret" not in str(error.value)
+
+
+def test_rediss_with_a_password(
+    config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TLS to Redis (the server's certificate checked against the test's authority)
+    and a password in the URL, which is never shown."""
+    tls = make_server_certificate(tmp_path / "tls")
+    caplog.set_level(logging.DEBUG)
+    with running_redis(tmp_path / "redis", tls=tls, password="s3cret") as server:
+        assert server.url.startswith("rediss://:s3cret@")
+        a, b = replica(config, server.url), replica(config, server.url)
+        digest = a.repo().put("x/y", b"over TLS").digest
+        calls = S3Calls(b.storage.client)
+        assert b.repo().stat(digest).size == 8 and calls.count == 0  # from Redis
+        assert server.client().keys(namespace_for(config) + "d:*")
+        assert a.cache.stats.failures == b.cache.stats.failures == 0
+        assert a.cache.url.startswith("rediss://:***@")
+        wrong = replica(config, server.url.replace("s3cret", "not-it"))
+        assert wrong.repo().stat(digest).size == 8  # S3 answers
+        assert wrong.cache.stats.failures >= 1
+    assert "s3cret" not in caplog.text and "not-it" not in caplog.text
 
 
 def test_a_password_is_never_logged(config: Config, caplog: pytest.LogCaptureFixture) -> None:
