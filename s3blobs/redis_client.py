@@ -63,6 +63,8 @@ FIRST_RETRY_AFTER = 0.05
 RETRY_AFTER = 1.0
 #: At most one warning per this many seconds while Redis fails.
 LOG_EVERY = 30.0
+#: What a command to an unwell Redis raises (redis-py wraps most socket errors).
+REDIS_TROUBLE = (redis.RedisError, OSError)
 
 # Reads (or writes) a value under the current epoch and generation of a digest,
 # creating either token if it is missing; answers {token, value}.
@@ -165,7 +167,7 @@ class RedisCache:
         key = f"{self.namespace}gen:{digest}"
         try:
             self._sure.set(key, secrets.token_hex(8), px=_ms(self._generation_ttl))
-        except redis.RedisError as exc:
+        except REDIS_TROUBLE as exc:
             with self._lock:
                 self._missed += 1
                 self.stats.missed_invalidations += 1
@@ -237,14 +239,14 @@ class RedisCache:
             if self._missed:
                 self._reset_epoch()
             result = call()
-        except redis.RedisError as exc:
+        except REDIS_TROUBLE as exc:
             self._failed(exc)
             return fallback
         if self._failing:
             self._recovered()
         return result
 
-    def _failed(self, exc: redis.RedisError) -> None:
+    def _failed(self, exc: Exception) -> None:
         now = time.monotonic()
         with self._lock:
             self.stats.failures += 1
@@ -286,11 +288,15 @@ def _ms(seconds: float) -> int:
 
 
 def _connection_options(url: str) -> dict[str, Any]:
-    """redis-py's reading of the URL, as a ConfigError that hides any password."""
+    """redis-py's reading of the URL, checked now (a connection object is built, not
+    connected): a ConfigError that hides any password, never a failure per request."""
     try:
-        return dict(parse_url(url))  # type: ignore[no-untyped-call]
-    except ValueError as exc:
+        options = dict(parse_url(url))  # type: ignore[no-untyped-call]
+        settings = {name: value for name, value in options.items() if name != "connection_class"}
+        options.get("connection_class", Connection)(**settings)
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"S3BLOBS_CACHE={redacted_url(url)}: {exc}") from None
+    return options
 
 
 def _client(options: dict[str, Any], timeout: float, connect_timeout: float) -> redis.Redis:

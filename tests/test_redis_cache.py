@@ -374,6 +374,14 @@ def test_rediss_with_a_password(
     assert "s3cret" not in caplog.text and "not-it" not in caplog.text
 
 
+@pytest.mark.parametrize("query", ["socket_timeout=soon", "no_such_option=1"])
+def test_a_bad_redis_option_fails_at_start_up(config: Config, query: str) -> None:
+    shared = replace(config, cache=f"redis://:s3cret@127.0.0.1:6379/0?{query}", cache_size=10)
+    with pytest.raises(ConfigError, match="S3BLOBS_CACHE") as error:
+        caches_from_config(shared)
+    assert "s3cret" not in str(error.value)
+
+
 def test_a_password_is_never_logged(config: Config, caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
     caplog.set_level(logging.DEBUG)
