@@ -42,5 +42,9 @@ keepalive = 75
 # gunicorn reads X-Forwarded-Proto only from these.
 forwarded_allow_ips = os.environ.get("S3BLOBS_TRUSTED_PROXIES", "")
 
+# gunicorn 25.1 and later open a control socket at one path per user, where two
+# instances on one machine would collide: manage them with signals instead.
+control_socket_disable = True
+
 errorlog = "-"
 loglevel = os.environ.get("S3BLOBS_GUNICORN_LOG_LEVEL", "info")

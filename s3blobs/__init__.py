@@ -22,6 +22,7 @@ from .errors import (
     RepositoryNameInvalid,
     StorageError,
     StorageThrottled,
+    UploadBufferFull,
 )
 from .hashing import ResumableHash
 from .names import parse_reference, validate_repository_name
@@ -57,6 +58,7 @@ __all__ = [
     "S3BlobWriter",
     "StorageError",
     "StorageThrottled",
+    "UploadBufferFull",
     "parse_digest",
     "parse_reference",
     "validate_repository_name",

@@ -19,6 +19,7 @@ GiB = 1024 * MiB
 #: S3's limits on the size of one part of a multipart upload.
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
+DEFAULT_MAX_BUFFER = 512 * MiB
 
 STORAGE_CLASSES = frozenset(
     {
@@ -50,6 +51,8 @@ class Config:
     prefix: str = ""
     part_size: int = 16 * MiB
     max_concurrency: int = 4
+    max_buffer: int = 0  # 0: 512 MiB, or what one writer may hold when that is more
+    equal_parts: bool | None = None  # None: equal on custom endpoints, unequal on AWS
     redirect: bool = True
     presign_expiry: int = 20 * 60
     storage_class: str | None = None
@@ -87,6 +90,8 @@ class Config:
             "prefix": get("PREFIX", _text, ""),
             "part_size": get("PART_SIZE", _size, cls.part_size),
             "max_concurrency": get("MAX_CONCURRENCY", _int, cls.max_concurrency),
+            "max_buffer": get("MAX_BUFFER", _size, cls.max_buffer),
+            "equal_parts": get("EQUAL_PARTS", _auto_bool, None),
             "redirect": get("REDIRECT", _bool, cls.redirect),
             "presign_expiry": get("PRESIGN_EXPIRY", _int, cls.presign_expiry),
             "storage_class": get("STORAGE_CLASS", _text, None),
@@ -180,6 +185,15 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected true or false")
 
 
+def _auto_bool(name: str, raw: str) -> bool | None:
+    if raw.lower() == "auto":
+        return None
+    try:
+        return _bool(name, raw)
+    except ConfigError:
+        raise ConfigError(f"{name}={raw!r}: expected true, false or auto") from None
+
+
 def _sse(name: str, raw: str) -> str | None:
     if raw.lower() not in SSE_MODES:
         raise ConfigError(f"{name}={raw!r}: expected none, AES256 or aws:kms")
@@ -211,6 +225,22 @@ def _check(config: Config) -> None:
         )
     if not 1 <= config.max_concurrency <= 64:
         raise ConfigError(f"S3BLOBS_MAX_CONCURRENCY={config.max_concurrency}: expected 1 to 64")
+    if config.equal_parts is None:
+        # AWS S3 takes parts of any size from 5 MiB; some S3-compatible stores
+        # (Cloudflare R2) insist on equal parts, so a custom endpoint gets them unless
+        # told otherwise.
+        host = re.sub(r"^https?://", "", config.endpoint_url or "").split("/")[0].split(":")[0]
+        on_aws = not config.endpoint_url or host.endswith(".amazonaws.com")
+        object.__setattr__(config, "equal_parts", not on_aws)
+    if not config.max_buffer:
+        # one writer: the part filling, the part held back, the parts in flight
+        one_writer = config.part_size * (config.max_concurrency + 2)
+        object.__setattr__(config, "max_buffer", max(DEFAULT_MAX_BUFFER, one_writer))
+    if config.max_buffer < config.part_size:
+        raise ConfigError(
+            f"S3BLOBS_MAX_BUFFER={config.max_buffer}: must hold at least one part "
+            f"(S3BLOBS_PART_SIZE={config.part_size})"
+        )
     if not 1 <= config.presign_expiry <= 7 * 24 * 3600:
         raise ConfigError(
             f"S3BLOBS_PRESIGN_EXPIRY={config.presign_expiry}: expected 1 to 604800 seconds "

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .buffers import ChunkReader
 from .caches import MemoryCache, ValueCache
 from .config import Config
 from .descriptor import Descriptor
@@ -112,10 +113,12 @@ class BlobEntries:
 
     # Writes --------------------------------------------------------------------
 
-    def put_small(self, digest: Digest, media_type: str, data: bytes) -> Descriptor:
+    def put_small(self, digest: Digest, media_type: str, data: bytes | ChunkReader) -> Descriptor:
         """Store ``data`` at its entry: one conditional PutObject that S3 checksums.
 
-        When the entry is already there the existing descriptor is returned.
+        When the entry is already there (content-addressed: the same bytes, written by
+        an earlier request or by our own write whose answer was lost) its descriptor
+        is returned.
         """
         args: dict[str, Any] = {}
         if digest.algorithm == "sha256":
@@ -127,19 +130,31 @@ class BlobEntries:
 
     def put_pointer(
         self, digest: Digest, media_type: str, data_key: str, size: int
-    ) -> Descriptor | None:
-        """Write the entry of a blob whose bytes are at ``data_key``.
+    ) -> tuple[Descriptor, bool]:
+        """Write the entry of a blob whose bytes are at ``data_key``; returns the
+        entry's descriptor and whether the entry names ``data_key``.
 
-        Returns None when another commit created the entry first: the caller then
-        owns ``data_key`` and must delete it.
+        An entry that is already there is read and compared: naming ``data_key`` it is
+        this upload's own (a retried request, or a write whose answer was lost);
+        naming another object, an earlier commit stored the content, and only then
+        may the caller delete ``data_key``.
         """
-        return self._create_entry(
-            digest,
-            Body=b"",
-            ContentType=media_type or DEFAULT_MEDIA_TYPE,
-            Metadata={DATA_META: self.paths.data_name(data_key), SIZE_META: str(size)},
-            size=size,
-        )
+        for _ in range(3):
+            created = self._create_entry(
+                digest,
+                Body=b"",
+                ContentType=media_type or DEFAULT_MEDIA_TYPE,
+                Metadata={DATA_META: self.paths.data_name(data_key), SIZE_META: str(size)},
+                size=size,
+            )
+            if created is not None:
+                return created, True
+            try:
+                descriptor, location = self.head(digest)
+            except BlobUnknown:  # deleted between the two requests: try again
+                continue
+            return descriptor, location.key == data_key
+        raise BlobUnknown(f"{digest}: the entry kept appearing and disappearing")
 
     def delete(self, digest: Digest) -> None:
         """Remove the entry, then the data it names; BlobUnknown if there is no entry."""
@@ -170,7 +185,7 @@ class BlobEntries:
                 )
         except BlobExists:
             return None
-        body_size = len(args["Body"])
+        body_size = len(args["Body"])  # bytes, or a ChunkReader
         descriptor = Descriptor(
             args["ContentType"], body_size if size is None else size, str(digest)
         )

@@ -15,16 +15,22 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
 from ..cache_backend import caches_from_config, memory_manifest_cache
 from ..caches import ValueCache
-from ..config import Config
+from ..config import MIN_PART_SIZE, Config
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
-from ..errors import BlobError, BlobInvalidDigest, BlobMounted, BlobUnknown, BlobUploadUnknown
+from ..errors import (
+    BlobError,
+    BlobInvalidDigest,
+    BlobMounted,
+    BlobUnknown,
+    BlobUploadClosed,
+    BlobUploadUnknown,
+)
 from ..names import validate_repository_name
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
@@ -56,6 +62,7 @@ ROUTES: list[tuple[re.Pattern[str], str]] = [
 ]
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+BODY_READ = 256 * 1024
 
 
 class RegistryApp:
@@ -147,7 +154,12 @@ class RegistryApp:
             return self.created(name, mounted.descriptor.digest)
         if digest is None:
             writer.close()
-            return self.accepted(name, writer)
+            response = self.accepted(name, writer)
+            # Chunks shorter than this are kept aside and sent to S3 a second time.
+            config = self.storage.config
+            chunk = MIN_PART_SIZE if not config.equal_parts else config.part_size
+            response.headers["OCI-Chunk-Min-Length"] = str(chunk)
+            return response
         try:
             return self.finish(name, writer, request, digest)
         except Exception:
@@ -156,7 +168,7 @@ class RegistryApp:
 
     def monolithic(self, name: str, request: Request, digest: str, size: int) -> Response:
         """``POST ?digest=`` of up to one part: a put, with no multipart upload at all."""
-        body = get_input_stream(request.environ, max_content_length=None).read(size)
+        body = read_body(request, size)
         if len(body) != size:
             raise upload_invalid("the request body ended early")
         expected = parse_digest(digest)
@@ -173,6 +185,8 @@ class RegistryApp:
 
     def upload_patch(self, request: Request, name: str, upload: str) -> Response:
         writer = self.repo(name).resume(upload)
+        if writer.committing:
+            raise BlobUploadClosed(f"upload {upload[:100]} is being committed")
         self.receive(writer, request, name)
         writer.close()
         return self.accepted(name, writer)
@@ -199,12 +213,21 @@ class RegistryApp:
         return Response(b"", status=204)
 
     def finish(self, name: str, writer: S3BlobWriter, request: Request, digest: str) -> Response:
-        """Take the request's body (the last chunk, or the whole blob) and commit."""
-        self.receive(writer, request, name)
+        """Take the request's body (the last chunk, or the whole blob) and commit.
+
+        An upload that a commit already sealed holds every byte: a retried PUT only
+        finishes that commit, and its body (sent again) is not appended twice."""
+        if not writer.committing:
+            self.receive(writer, request, name)
         try:
             descriptor = writer.commit(Descriptor("application/octet-stream", writer.size, digest))
         except BlobError:
-            writer.close()  # keep what arrived: the upload stays resumable
+            try:
+                writer.close()  # keep what arrived: the upload stays resumable
+            except BlobError as exc:
+                log.warning(
+                    "request %s: could not save the upload: %s", request_id(request.environ), exc
+                )
             raise
         return self.created(name, descriptor.digest)
 
@@ -226,16 +249,18 @@ class RegistryApp:
                 )
             if request.content_length is not None and request.content_length != end - start + 1:
                 raise upload_invalid("Content-Length does not match Content-Range")
-        try:
-            writer.read_from(get_input_stream(request.environ, max_content_length=None))
-        except ClientDisconnected:
+        stream = get_input_stream(request.environ, max_content_length=None)
+        received = 0
+        while chunk := read_some(stream, BODY_READ):
+            received += writer.write(chunk)
+        if chunk is None or request.content_length not in (None, received):
             writer.close()  # keep what arrived; the client can ask for the Range
-            raise upload_invalid("the request body ended early") from None
+            raise upload_invalid("the request body ended early")
 
     # Manifests, tags, referrers ------------------------------------------------------------
 
     def manifest_put(self, request: Request, name: str, reference: str) -> Response:
-        body = get_input_stream(request.environ, max_content_length=None).read(4 * 1024 * 1024 + 1)
+        body = read_body(request, 4 * 1024 * 1024 + 1)
         digest, subject = self.manifests(name).put(reference, request.content_type or "", body)
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
         if subject:
@@ -300,6 +325,30 @@ class RegistryApp:
     def created(self, name: str, digest: str) -> Response:
         headers = {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}
         return Response(b"", status=201, headers=headers)
+
+
+def read_some(stream: Any, size: int) -> bytes | None:
+    """Up to ``size`` bytes of a request body; b"" at its end, None when it broke off.
+
+    A body can break in as many ways as there are servers (werkzeug's OSError for a
+    bad chunk header, gunicorn's parse errors, a read timeout): whatever the server
+    raises while reading is the client's connection failing, never the registry's.
+    What one read had taken in when it failed is lost with it, so reads are small
+    enough (BODY_READ) for a client that continues from the Range to resend little.
+    """
+    try:
+        return bytes(stream.read(size))
+    except Exception:
+        return None
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the request's body; a body cut short is the client's
+    error (400), not the server's."""
+    body = read_some(get_input_stream(request.environ, max_content_length=None), limit)
+    if body is None:
+        raise upload_invalid("the request body ended early")
+    return body
 
 
 def create_app() -> BehindProxies:
