@@ -18,7 +18,9 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
-from ..config import MIN_PART_SIZE
+from ..cache_backend import caches_from_config, memory_manifest_cache
+from ..caches import ValueCache
+from ..config import MIN_PART_SIZE, Config
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
 from ..errors import (
@@ -43,7 +45,8 @@ from .errors import (
     translate,
     upload_invalid,
 )
-from .manifests import ManifestCache, Manifests
+from .manifests import Manifests
+from .proxies import BehindProxies, trusted_proxies
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,15 @@ BODY_READ = 256 * 1024
 class RegistryApp:
     """``RegistryApp(storage)`` is a WSGI application serving the registry API."""
 
-    def __init__(self, storage: S3BlobStorage) -> None:
+    def __init__(
+        self,
+        storage: S3BlobStorage,
+        manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.storage = storage
-        self.manifest_cache = ManifestCache()
+        self.manifest_cache = (
+            manifest_cache if manifest_cache is not None else memory_manifest_cache()
+        )
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -342,6 +351,10 @@ def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def create_app() -> RegistryApp:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
-    return RegistryApp(S3BlobStorage.from_env())
+def create_app() -> BehindProxies:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``),
+    its caches where ``S3BLOBS_CACHE`` says, behind ``S3BLOBS_TRUSTED_PROXIES``."""
+    config = Config.from_env()
+    caches = caches_from_config(config)
+    storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
+    return BehindProxies(RegistryApp(storage, caches.manifests), trusted_proxies())
