@@ -18,7 +18,9 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
-from ..config import MIN_PART_SIZE
+from ..cache_backend import caches_from_config, memory_manifest_cache
+from ..caches import ValueCache
+from ..config import MIN_PART_SIZE, Config
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
 from ..errors import (
@@ -46,8 +48,9 @@ from .errors import (
 from .events import Notifier
 from .health import HealthCheck, HealthEndpoint
 from .logformat import install_logging
-from .manifests import ManifestCache, Manifests
+from .manifests import Manifests
 from .metrics import RegistryMetrics, serve_metrics
+from .proxies import BehindProxies, trusted_proxies
 from .requestlog import ROUTE, RequestLog
 from .settings import Settings
 
@@ -71,9 +74,15 @@ BODY_READ = 256 * 1024
 class RegistryApp:
     """``RegistryApp(storage)`` is a WSGI application serving the registry API."""
 
-    def __init__(self, storage: S3BlobStorage) -> None:
+    def __init__(
+        self,
+        storage: S3BlobStorage,
+        manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.storage = storage
-        self.manifest_cache = ManifestCache()
+        self.manifest_cache = (
+            manifest_cache if manifest_cache is not None else memory_manifest_cache()
+        )
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -353,6 +362,7 @@ def make_app(
     storage: S3BlobStorage,
     settings: Settings | None = None,
     *,
+    manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
     health: HealthCheck | None = None,
     notifier: Notifier | None = None,
 ) -> RequestLog:
@@ -365,16 +375,22 @@ def make_app(
     observers = [RegistryMetrics(storage).observe]
     if notifier is not None:
         observers.append(notifier.observe)
-    app = HealthEndpoint(RegistryApp(storage), health or HealthCheck(storage.config))
+    registry = RegistryApp(storage, manifest_cache)
+    app = HealthEndpoint(registry, health or HealthCheck(storage.config))
     return RequestLog(app, ROUTES, observers)
 
 
-def create_app(environ: Mapping[str, str] | None = None) -> RequestLog:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
-    logging installed, the metrics listener started when S3BLOBS_METRICS_ADDR says so."""
+def create_app(environ: Mapping[str, str] | None = None) -> BehindProxies:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``),
+    its caches where ``S3BLOBS_CACHE`` says, behind ``S3BLOBS_TRUSTED_PROXIES`` (first,
+    so the log and events see the client's address); logging installed, and the
+    metrics listener started when S3BLOBS_METRICS_ADDR says so."""
+    config = Config.from_env(environ)
     settings = Settings.from_env(environ)
     install_logging(settings)
-    storage = S3BlobStorage.from_env(environ)
+    caches = caches_from_config(config)
+    storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
     if settings.metrics_addr is not None:
         serve_metrics(settings.metrics_addr)
-    return make_app(storage, settings)
+    app = make_app(storage, settings, manifest_cache=caches.manifests)
+    return BehindProxies(app, trusted_proxies(environ))

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from itertools import islice
 from typing import Any
 
-from cachetools import LRUCache
-
+from ..caches import ValueCache
 from ..descriptor import Descriptor
 from ..digests import CANONICAL, Digest, parse_digest
 from ..errors import BlobError, BlobUnknown
@@ -38,27 +36,13 @@ FOREIGN = (
 )
 
 
-class ManifestCache:
-    """Manifest bytes by digest (immutable, so no TTL), bounded by total size."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._cache: LRUCache[str, tuple[str, bytes]] = LRUCache(
-            maxsize=max_bytes, getsizeof=lambda item: len(item[1]) + 100
-        )
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> tuple[str, bytes] | None:
-        with self._lock:
-            return self._cache.get(digest)
-
-    def put(self, digest: str, media_type: str, body: bytes) -> None:
-        if len(body) + 100 <= self._cache.maxsize:
-            with self._lock:
-                self._cache[digest] = (media_type, body)
-
-
 class Manifests:
-    def __init__(self, storage: S3BlobStorage, name: str, cache: ManifestCache) -> None:
+    """``cache`` maps a manifest's digest to its (media type, bytes): immutable, so
+    never invalidated (every request resolves the reference through S3 first)."""
+
+    def __init__(
+        self, storage: S3BlobStorage, name: str, cache: ValueCache[tuple[str, bytes]]
+    ) -> None:
         self.storage, self.name, self.cache = storage, name, cache
         self.repo = storage.repository(name)
         self.paths = storage.paths
@@ -104,7 +88,7 @@ class Manifests:
             self._put(
                 self.paths.referrer(self.name, subject, digest), json.dumps(descriptor).encode()
             )
-        self.cache.put(str(digest), media_type, body)
+        self.cache.put(str(digest), (media_type, body))
         return str(digest), str(subject) if subject else None
 
     def _check_references(self, manifest: dict[str, Any], media_type: str) -> None:
@@ -164,7 +148,7 @@ class Manifests:
             except BlobUnknown:
                 raise manifest_unknown(reference) from None
             cached = (media_type, body)
-            self.cache.put(digest, media_type, body)
+            self.cache.put(digest, (media_type, body))
         return digest, cached[0], cached[1]
 
     def delete(self, reference: str) -> None:
