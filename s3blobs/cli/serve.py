@@ -7,6 +7,7 @@ AWS account: a demo, not storage.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -19,19 +20,33 @@ EMBEDDED_BUCKET = "s3blobs"
 
 
 def add_parser(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run the OCI registry (WSGI, threaded)")
+    from ..registry.auth.settings import HELP
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the OCI registry (WSGI, threaded)",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (5000; 0 picks a free one)")
-    serve.set_defaults(run=lambda args: run_serve(args.host, args.port))
+    serve.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
+    serve.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
+    serve.set_defaults(
+        run=lambda args: run_serve(args.host, args.port, args.tls_cert, args.tls_key)
+    )
 
 
-def run_serve(host: str, port: int) -> int:
+def run_serve(host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None) -> int:
     from werkzeug.serving import make_server
 
-    from ..registry import RegistryApp
+    from ..registry import make_app
+    from ..registry.auth.settings import SecuritySettings, check_listen_address
     from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
+    security = SecuritySettings.from_env(environ, tls_cert=tls_cert, tls_key=tls_key)
+    check_listen_address(host, security)  # before anything starts
     if not environ.get("S3BLOBS_BUCKET"):
         endpoint = start_embedded_s3()
         environ.update(
@@ -43,8 +58,12 @@ def run_serve(host: str, port: int) -> int:
         say(f"no S3BLOBS_BUCKET: started an embedded S3 (moto) at {endpoint}")
         say(f"bucket {EMBEDDED_BUCKET!r} lives in this process's memory and ends with it")
     storage = S3BlobStorage.from_env(environ)
-    server = make_server(host, port, RegistryApp(storage), threaded=True)
-    say(f"registry on http://{host}:{server.port} (bucket {storage.config.bucket!r})")
+    app = make_app(storage, security)
+    tls = security.ssl_context()
+    server = make_server(host, port, app, threaded=True, ssl_context=tls)
+    scheme = "https" if tls else "http"
+    say(f"registry on {scheme}://{host}:{server.port} (bucket {storage.config.bucket!r})")
+    say(f"authentication: {security.mode}")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
