@@ -43,7 +43,9 @@ def validate_manifest(body: bytes, content_type: str) -> tuple[str, dict[str, An
     """The manifest's media type and its parsed content; MANIFEST_INVALID otherwise."""
     manifest = _parse(body)
     declared = manifest.get("mediaType")
-    if declared is not None and (not isinstance(declared, str) or declared not in MANIFEST_TYPES):
+    if "mediaType" in manifest and (
+        not isinstance(declared, str) or declared not in MANIFEST_TYPES
+    ):
         raise manifest_invalid(f"mediaType: not a manifest media type ({_accepted()})")
     sent = content_type.split(";")[0].strip().lower()
     if sent and sent not in MANIFEST_TYPES:
