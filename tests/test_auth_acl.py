@@ -119,3 +119,20 @@ def test_mistakes_are_refused_naming_the_rule(tmp_path: Path, text: str, expecte
     with pytest.raises(ConfigError) as error:
         AclPolicy.load(path)
     assert "S3BLOBS_ACL=" in str(error.value) and expected in str(error.value)
+
+
+def test_the_readme_example_loads_and_means_what_it_says() -> None:
+    import re
+
+    import tomllib
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Securing the registry", 1)[1]
+    match = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert match, "the README lost its ACL example"
+    policy = AclPolicy.from_dict(tomllib.loads(match.group(1)))
+    assert policy.permits(user("alice"), Scope.repository("any/where", "delete"))
+    assert policy.permits(user("builder"), Scope.repository("team-a/app", "pull", "push"))
+    assert not policy.permits(user("builder"), Scope.repository("team-a/app", "delete"))
+    assert policy.permits(ANONYMOUS, Scope.repository("public/base/image", "pull"))
+    assert not policy.permits(ANONYMOUS, Scope.repository("team-a/app", "pull"))

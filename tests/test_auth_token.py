@@ -224,3 +224,32 @@ def test_bearer_authenticator_and_challenge(key: Any, verifier: TokenVerifier) -
         'Bearer realm="https://auth.example/token",service="s3blobs-test",'
         'scope="repository:a/b:pull,push",error="insufficient_scope"'
     )
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+    key: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys.pem"
+    path.write_bytes(public_pem(key))
+    verifier = TokenVerifier(load_keys(path, ALGORITHMS), ISSUER, SERVICE, ALGORITHMS, leeway=0)
+    checks = []
+    real_check = verifier.check
+
+    def counting_check(token: str) -> Any:
+        checks.append(token)
+        return real_check(token)
+
+    monkeypatch.setattr(verifier, "check", counting_check)
+    token = issue_token(key, [grant("a", "pull")], exp=int(time.time()) + 1)
+    assert verifier.verify(token).name == "alice"
+    assert verifier.verify(token).name == "alice"
+    assert len(checks) == 1  # the signature is checked once per token
+    time.sleep(max(0.0, int(time.time()) + 1.05 - time.time()))
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        verifier.verify(token)  # past its exp the cached answer is not used
+    assert len(checks) == 2
+    with pytest.raises(AuthenticationFailed):
+        verifier.verify("garbage")
+    with pytest.raises(AuthenticationFailed):
+        verifier.verify("garbage")  # failures are never remembered
+    assert len(checks) == 4

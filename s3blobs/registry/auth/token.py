@@ -13,18 +13,27 @@ holds only public keys or certificates (PEM) or a JWKS, and accepts a token when
   ``nbf`` allow 60 s of clock skew;
 - its ``access`` claim is well formed: what it grants becomes the identity's grants,
   and each request's scope must be among them.
+
+A client sends the same token with every request until it expires: a verified
+token is remembered (keyed by its SHA-256) for at most ``cache_ttl`` seconds and
+never past its own ``exp`` (plus the leeway), so the signature is checked once per
+token rather than once per request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
+from cachetools import TTLCache
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -139,12 +148,29 @@ class TokenVerifier:
         service: str,
         algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
         leeway: int = LEEWAY,
+        cache_ttl: float = 60.0,
+        cache_size: int = 4096,
     ) -> None:
         self.keys, self.issuer, self.service = keys, issuer, service
         self.algorithms = frozenset(algorithms) & ASYMMETRIC
         self.leeway = leeway
+        self._cache: TTLCache[bytes, tuple[Identity, float]] = TTLCache(cache_size, cache_ttl)
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> Identity:
+        """The identity of a valid token (remembered); AuthenticationFailed otherwise."""
+        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+        identity, expires = self.check(token)
+        with self._lock:
+            self._cache[key] = (identity, expires)
+        return identity
+
+    def check(self, token: str) -> tuple[Identity, float]:
+        """Verify ``token`` in full (no cache): its identity, and until when it holds."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -171,7 +197,7 @@ class TokenVerifier:
                 continue  # perhaps another trusted key signed it
             except jwt.PyJWTError as exc:
                 raise AuthenticationFailed(f"token refused: {exc}", INVALID_TOKEN) from None
-            return _identity(claims)
+            return _identity(claims), float(claims["exp"]) + self.leeway
         raise AuthenticationFailed("token not signed by a trusted key", INVALID_TOKEN)
 
 

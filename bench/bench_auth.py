@@ -1,0 +1,234 @@
+"""The per-request cost of authentication: requests/s of ``HEAD /v2/<name>/blobs/<digest>``
+with no auth, Basic (htpasswd, bcrypt cost 10) and Bearer tokens (ES256, RS256, EdDSA),
+in the same run. A client sends the same credential with every request: the registry
+verifies it once (bcrypt; a token's signature and claims) and remembers the result
+briefly, so the steady state is what the table shows; what a first request of a
+credential costs is measured apart.
+
+    python -m bench.bench_auth
+
+Two ways: WSGI calls in this process (the pipeline's own cost: security headers,
+authentication, routing, authorization, the handler answering from the warm
+descriptor cache, so no S3 request), and over HTTP to werkzeug's threaded server on
+one keep-alive connection (what a client sees from a development server). Median of
+three alternating rounds. S3 is a moto server in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import io
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from werkzeug.serving import make_server
+
+from bench.support import moto_server, new_bucket
+from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
+from s3blobs.registry import make_app
+from s3blobs.registry.auth.access import AllowAll, AuthenticatedUsers
+from s3blobs.registry.auth.htpasswd import BasicAuthenticator, HtpasswdFile
+from s3blobs.registry.auth.settings import SecuritySettings
+from s3blobs.registry.auth.token import BearerAuthenticator, TokenVerifier, load_keys
+from s3blobs.registry.hardening import WSGIApp
+
+NAME = "bench/app"
+BLOB = b"a blob to HEAD"
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+PATH = f"/v2/{NAME}/blobs/{DIGEST}"
+BCRYPT_COST = 10
+ISSUER, SERVICE = "bench-issuer", "bench-registry"
+
+
+def public_pem(key: Any) -> bytes:
+    return bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def basic_case(workdir: Path) -> tuple[SecuritySettings, str]:
+    hashed = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
+    path = workdir / "htpasswd"
+    path.write_text(f"bench:$2y${hashed[4:]}\n")
+    authenticator = BasicAuthenticator(HtpasswdFile(path))
+    import base64
+
+    header = "Basic " + base64.b64encode(b"bench:bench-password").decode()
+    return SecuritySettings("htpasswd", authenticator, AuthenticatedUsers()), header
+
+
+def bearer_case(workdir: Path, algorithm: str) -> tuple[SecuritySettings, str, TokenVerifier]:
+    key: Any
+    if algorithm == "RS256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    elif algorithm == "ES256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+    path = workdir / f"{algorithm}.pem"
+    path.write_bytes(public_pem(key))
+    verifier = TokenVerifier(load_keys(path, (algorithm,)), ISSUER, SERVICE, (algorithm,))
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": SERVICE,
+        "sub": "bench",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "access": [{"type": "repository", "name": NAME, "actions": ["pull"]}],
+    }
+    token = jwt.encode(claims, key, algorithm=algorithm)
+    authenticator = BearerAuthenticator(verifier, "https://auth.invalid/token", SERVICE)
+    return SecuritySettings("token", authenticator, AllowAll()), f"Bearer {token}", verifier
+
+
+def full_verification(verifier: TokenVerifier, token: str, times: int = 300) -> float:
+    """Seconds for one complete verification (signature and claims), no cache."""
+    start = time.perf_counter()
+    for _ in range(times):
+        verifier.check(token)
+    return (time.perf_counter() - start) / times
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    if not status.startswith("200"):
+        raise AssertionError(f"HEAD answered {status}")
+    return lambda data: None
+
+
+def in_process(app: WSGIApp, authorization: str | None, requests: int) -> float:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "HEAD",
+        "PATH_INFO": PATH,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+    }
+    if authorization:
+        environ["HTTP_AUTHORIZATION"] = authorization
+    start = time.perf_counter()
+    for _ in range(requests):
+        body: Iterable[bytes] = app({**environ, "wsgi.input": io.BytesIO()}, _start_response)
+        for _chunk in body:
+            pass
+        close: Callable[[], None] | None = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return requests / (time.perf_counter() - start)
+
+
+def over_http(port: int, authorization: str | None, requests: int) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": authorization} if authorization else {}
+    start = time.perf_counter()
+    for _ in range(requests):
+        connection.request("HEAD", PATH, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise AssertionError(f"HEAD answered {response.status}")
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return requests / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--requests", type=int, default=5000, help="per case and round (in process)"
+    )
+    parser.add_argument("--http-requests", type=int, default=1000, help="per case and round (HTTP)")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with moto_server() as endpoint, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        config = Config(
+            bucket=new_bucket(endpoint),
+            endpoint_url=endpoint,
+            region="us-east-1",
+            addressing_style="path",
+        )
+        storage = S3BlobStorage(config, DescriptorCacheFactory(10_000, 3600))
+        storage.repository(NAME).put("application/octet-stream", BLOB)
+        cases: dict[str, tuple[SecuritySettings, str | None]] = {
+            "no auth": (SecuritySettings(), None)
+        }
+        cases["Basic (htpasswd)"] = basic_case(workdir)
+        verifiers = {}
+        for algorithm in ("ES256", "RS256", "EdDSA"):
+            settings, header, verifier = bearer_case(workdir, algorithm)
+            cases[f"Bearer {algorithm}"] = (settings, header)
+            verifiers[algorithm] = full_verification(verifier, header.removeprefix("Bearer "))
+        apps = {label: make_app(storage, settings) for label, (settings, _) in cases.items()}
+
+        basic_settings, basic_header = cases["Basic (htpasswd)"]
+        fresh = make_app(storage, basic_settings)  # first request: bcrypt, not the cache
+        started = time.perf_counter()
+        in_process(fresh, basic_header, 1)
+        first_basic = time.perf_counter() - started
+
+        servers = {}
+        for label, app in apps.items():
+            server = make_server("127.0.0.1", 0, app, threaded=True)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers[label] = server
+        for label, app in apps.items():  # warm up: caches, connections, bcrypt once
+            in_process(app, cases[label][1], 50)
+            over_http(servers[label].port, cases[label][1], 20)
+
+        local: dict[str, list[float]] = {label: [] for label in apps}
+        remote: dict[str, list[float]] = {label: [] for label in apps}
+        for _ in range(args.rounds):
+            for label, app in apps.items():
+                local[label].append(in_process(app, cases[label][1], args.requests))
+                remote[label].append(
+                    over_http(servers[label].port, cases[label][1], args.http_requests)
+                )
+        for server in servers.values():
+            server.shutdown()
+
+    base_local = statistics.median(local["no auth"])
+    base_remote = statistics.median(remote["no auth"])
+    print(f"HEAD {PATH[:40]}..., warm descriptor cache (no S3 request)")
+    print(f"median of {args.rounds} rounds")
+    print()
+    print(
+        "| auth | in process: requests/s | added per request | over HTTP: requests/s | vs no auth |"
+    )
+    print("|---|---|---|---|---|")
+    for label in apps:
+        rate, http_rate = statistics.median(local[label]), statistics.median(remote[label])
+        added = (1 / rate - 1 / base_local) * 1e6
+        print(
+            f"| {label} | {rate:,.0f} | {added:+.0f} µs | {http_rate:,.0f} | "
+            f"{http_rate / base_remote:.2f}x |"
+        )
+    print()
+    print("First request of a credential (nothing remembered yet):")
+    print(f"- Basic: one bcrypt check at cost {BCRYPT_COST}: {first_basic * 1000:.0f} ms")
+    for algorithm, seconds in verifiers.items():
+        print(f"- Bearer {algorithm}: full token verification {seconds * 1e6:.0f} µs")
+
+
+if __name__ == "__main__":
+    main()
