@@ -227,3 +227,36 @@ def valid_image_layout(layout: Path, sizes: list[int], tag: str = "latest") -> d
     descriptor["annotations"] = {"org.opencontainers.image.ref.name": tag}
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
     return blobs
+
+
+def token_server(
+    key: Any, passwords: dict[str, str], rights: dict[str, list[str]], issued: list[Any]
+) -> Any:
+    """A token server after the Docker token spec (a WSGI app): Basic credentials in, a JWT
+    out granting, of the actions each ``scope`` asks, those the user has (none for an
+    anonymous request). Each grant is appended to ``issued``."""
+    from werkzeug.wrappers import Request, Response
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        subject = ""
+        if request.authorization is not None:
+            user = request.authorization.username or ""
+            if passwords.get(user) != request.authorization.password:
+                return Response("bad credentials", status=401)(environ, start_response)
+            subject = user
+        access = []
+        for scope in request.args.getlist("scope"):
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            granted = [a for a in actions.split(",") if a in rights.get(subject, [])]
+            if kind == "repository" and granted:
+                access.append({"type": kind, "name": name, "actions": granted})
+        if request.args.get("service") != SERVICE:
+            return Response("unknown service", status=400)(environ, start_response)
+        token = issue_token(key, access, subject=subject)
+        issued.append({"subject": subject, "access": access})
+        body = {"token": token, "access_token": token, "expires_in": 300}
+        return Response(json.dumps(body), content_type="application/json")(environ, start_response)
+
+    return app

@@ -298,4 +298,5 @@ def make_app(storage: S3BlobStorage, security: SecuritySettings | None = None) -
 
 def create_app() -> WSGIApp:
     """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
-    return make_app(S3BlobStorage.from_env(), SecuritySettings.from_env())
+    security = SecuritySettings.from_env()  # checked first: it needs no S3
+    return make_app(S3BlobStorage.from_env(), security)
