@@ -227,6 +227,13 @@ def test_mount_needs_pull_on_the_source(client: Client, storage: S3BlobStorage) 
     assert response.status_code == 202  # an ordinary upload instead
     assert not [k for k in keys_of(storage) if "/repositories/mine/app/_layers/" in k]
     assert client.head(f"/v2/mine/app/blobs/{DIGEST}", headers=as_user("mover")).status_code == 404
+    # Naming the source twice does not help: every one named must be pullable.
+    for twice in ("from=secret/app&from=mine/app", "from=mine/app&from=secret/app"):
+        response = client.post(
+            f"/v2/mine/app/blobs/uploads/?mount={DIGEST}&{twice}", headers=as_user("mover")
+        )
+        assert response.status_code == 202
+    assert client.head(f"/v2/mine/app/blobs/{DIGEST}", headers=as_user("mover")).status_code == 404
     # A caller that may pull the source mounts.
     mounted = client.post(
         "/v2/mine/app/blobs/uploads/", query_string=query, headers=as_user("admin")

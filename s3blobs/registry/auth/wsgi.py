@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
+
+from werkzeug.wrappers import Request
 
 from ...errors import RepositoryNameInvalid
 from ...names import validate_repository_name
@@ -129,19 +131,26 @@ class Authorization:
     def drop_unauthorized_mount(self, environ: dict[str, Any], identity: Identity) -> None:
         """``POST ?mount=&from=`` mounts only from a repository the caller may pull;
         otherwise the POST goes on without the mount: an ordinary upload."""
-        query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        source = dict(query).get("from")
-        if source is None:
+        args = Request(environ).args  # parsed as the handler will parse it
+        sources = args.getlist("from")
+        if not sources:
             return
-        try:
-            allowed = self.allows(
-                identity, PULL, Scope.repository(validate_repository_name(source), PULL)
-            )
-        except RepositoryNameInvalid:
-            allowed = False
-        if not allowed:
-            kept = [(key, value) for key, value in query if key not in ("mount", "from")]
+        # Every source must pass: with ``from`` given twice, which one counts is the
+        # handler's business, so no choice of it may reach a repository not pullable.
+        if not all(self._may_pull(identity, source) for source in sources):
+            kept = [
+                (key, value)
+                for key, value in args.items(multi=True)
+                if key not in ("mount", "from")
+            ]
             environ["QUERY_STRING"] = urlencode(kept)
+
+    def _may_pull(self, identity: Identity, name: str) -> bool:
+        try:
+            scope = Scope.repository(validate_repository_name(name), PULL)
+        except RepositoryNameInvalid:
+            return False
+        return self.allows(identity, PULL, scope)
 
 
 def _scope(matched: RouteMatch | None, need: str | None) -> Scope | None:
