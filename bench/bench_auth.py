@@ -11,8 +11,9 @@ Three ways: WSGI calls in this process (the pipeline's own cost: security header
 authentication, routing, authorization, the handler answering from the warm
 descriptor cache, so no S3 request); the authenticator alone on a credential it has
 verified; and over HTTP to werkzeug's threaded server on one keep-alive connection
-(what a client sees from a development server). Best of several alternating rounds
-(the machine is shared). S3 is a moto server in its own process.
+(what a client sees from a development server). The cases run interleaved in small
+batches, in a fresh order each cycle, so a busy machine slows them alike. S3 is a
+moto server in its own process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import hashlib
 import http.client
 import io
+import random
 import tempfile
 import threading
 import time
@@ -124,6 +126,7 @@ def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any =
 
 
 def in_process(app: WSGIApp, authorization: str | None, requests: int) -> float:
+    """Seconds for ``requests`` HEADs called straight into the WSGI pipeline."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "HEAD",
         "PATH_INFO": PATH,
@@ -144,11 +147,13 @@ def in_process(app: WSGIApp, authorization: str | None, requests: int) -> float:
         close: Callable[[], None] | None = getattr(body, "close", None)
         if close is not None:
             close()
-    return requests / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def over_http(port: int, authorization: str | None, requests: int) -> float:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def over_http(
+    connection: http.client.HTTPConnection, authorization: str | None, requests: int
+) -> float:
+    """Seconds for ``requests`` HEADs on one keep-alive connection."""
     headers = {"Authorization": authorization} if authorization else {}
     start = time.perf_counter()
     for _ in range(requests):
@@ -157,18 +162,14 @@ def over_http(port: int, authorization: str | None, requests: int) -> float:
         response.read()
         if response.status != 200:
             raise AssertionError(f"HEAD answered {response.status}")
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return requests / elapsed
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--requests", type=int, default=5000, help="per case and round (in process)"
-    )
-    parser.add_argument("--http-requests", type=int, default=1000, help="per case and round (HTTP)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cycles", type=int, default=200, help="interleaved cycles (200)")
+    parser.add_argument("--batch", type=int, default=200, help="requests per case per cycle")
+    parser.add_argument("--http-batch", type=int, default=40, help="HTTP requests per cycle")
     args = parser.parse_args()
     import logging
 
@@ -200,31 +201,41 @@ def main() -> None:
         in_process(fresh, basic_header, 1)
         first_basic = time.perf_counter() - started
 
-        servers = {}
+        # Small batches of every case, in a fresh order each cycle: whatever else runs on
+        # the machine slows every case alike instead of whichever ran at that moment.
+        # In process first, with no server threads about; then over HTTP.
+        shuffle = random.Random(1).shuffle
+        order = list(apps)
+        local = dict.fromkeys(apps, 0.0)
+        for label, app in apps.items():  # warm up: caches, bcrypt once
+            in_process(app, cases[label][1], 50)
+        for _ in range(args.cycles):
+            shuffle(order)
+            for label in order:
+                local[label] += in_process(apps[label], cases[label][1], args.batch)
+
+        servers, connections = {}, {}
         for label, app in apps.items():
             server = make_server("127.0.0.1", 0, app, threaded=True)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             servers[label] = server
-        for label, app in apps.items():  # warm up: caches, connections, bcrypt once
-            in_process(app, cases[label][1], 50)
-            over_http(servers[label].port, cases[label][1], 20)
-
-        local: dict[str, list[float]] = {label: [] for label in apps}
-        remote: dict[str, list[float]] = {label: [] for label in apps}
-        for _ in range(args.rounds):
-            for label, app in apps.items():
-                local[label].append(in_process(app, cases[label][1], args.requests))
-                remote[label].append(
-                    over_http(servers[label].port, cases[label][1], args.http_requests)
-                )
-        for server in servers.values():
-            server.shutdown()
+            connections[label] = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            over_http(connections[label], cases[label][1], 20)
+        remote = dict.fromkeys(apps, 0.0)
+        for _ in range(args.cycles):
+            shuffle(order)
+            for label in order:
+                remote[label] += over_http(connections[label], cases[label][1], args.http_batch)
+        for label in apps:
+            connections[label].close()
+            servers[label].shutdown()
         alone = {label: authentication_alone(*cases[label]) for label in apps}
 
-    # The machine is shared: the best round is the one least disturbed by others.
-    base_local, base_remote = max(local["no auth"]), max(remote["no auth"])
+    n_local, n_remote = args.cycles * args.batch, args.cycles * args.http_batch
+    rate = {label: n_local / seconds for label, seconds in local.items()}
+    http_rate = {label: n_remote / seconds for label, seconds in remote.items()}
     print(f"HEAD {PATH[:40]}..., warm descriptor cache (no S3 request)")
-    print(f"best of {args.rounds} alternating rounds")
+    print(f"{n_local} requests a case in process, {n_remote} over HTTP, interleaved")
     print()
     print(
         "| auth | in process: requests/s | added per request | authentication alone "
@@ -232,11 +243,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     for label in apps:
-        rate, http_rate = max(local[label]), max(remote[label])
-        added = (1 / rate - 1 / base_local) * 1e6
+        added = (1 / rate[label] - 1 / rate["no auth"]) * 1e6
         print(
-            f"| {label} | {rate:,.0f} | {added:+.0f} µs | {alone[label] * 1e6:.1f} µs "
-            f"| {http_rate:,.0f} | {http_rate / base_remote:.2f}x |"
+            f"| {label} | {rate[label]:,.0f} | {added:+.0f} µs | {alone[label] * 1e6:.1f} µs "
+            f"| {http_rate[label]:,.0f} | {http_rate[label] / http_rate['no auth']:.2f}x |"
         )
     print()
     print("First request of a credential (nothing remembered yet):")
