@@ -1,7 +1,9 @@
 """What watching the registry costs: requests/s of a blob HEAD and a manifest GET through
-the bare registry app ("off"), through the whole pipeline ("on": request id, metrics,
-the /healthz layer, and the access log written to a file), and through the pipeline
-with access lines turned off (S3BLOBS_LOG_LEVEL=warning), in the same run.
+the registry's pipeline without its observability layers ("off": security headers,
+authentication and authorization of an open registry, the API), through the whole
+pipeline ("on": add the request id, metrics, the /healthz layer, and the access log
+written to a file), and through the pipeline with access lines turned off
+(S3BLOBS_LOG_LEVEL=warning), in the same run.
 
     python -m bench.bench_observability
 
@@ -32,10 +34,12 @@ from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 from bench.support import moto_server, new_bucket
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import RegistryApp, make_app
-from s3blobs.registry.app import ROUTES
+from s3blobs.registry.auth.settings import SecuritySettings
+from s3blobs.registry.auth.wsgi import Authentication, Authorization
+from s3blobs.registry.hardening import SecurityHeaders, WSGIApp
 from s3blobs.registry.logformat import install_logging
 from s3blobs.registry.requestlog import RequestLog
-from s3blobs.registry.settings import Settings
+from s3blobs.registry.settings import OperationsSettings
 
 ROUNDS = 5
 SECONDS = 2.0
@@ -106,6 +110,15 @@ def in_process(
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+def unobserved(storage: S3BlobStorage) -> WSGIApp:
+    """``make_app(storage)`` without the layers measured here: the same security
+    layers of an open registry around the same API."""
+    security = SecuritySettings()
+    app: WSGIApp = RegistryApp(storage)
+    app = Authorization(app, security.access, security.authenticator)
+    return SecurityHeaders(Authentication(app, security.authenticator))
+
+
 def access_log(on: bool) -> None:
     """Access lines on (INFO) or off, as S3BLOBS_LOG_LEVEL=warning would have it."""
     logging.getLogger("s3blobs.access").setLevel(logging.NOTSET if on else logging.WARNING)
@@ -145,12 +158,12 @@ def main() -> None:
         bare_storage, observed_storage = storage_on(endpoint, bucket), storage_on(endpoint, bucket)
         digest = push(bare_storage)
         log_file = open(Path(tmp) / "access.log", "w")  # noqa: SIM115 (closed with the dir)
-        install_logging(Settings(), log_file)
+        install_logging(OperationsSettings(), log_file)
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        observed = serve(make_app(observed_storage, Settings()))
+        observed = serve(make_app(observed_storage))
         # variant: (port, whether access lines are written)
         variants = {
-            "off": (serve(RegistryApp(bare_storage)), False),
+            "off": (serve(unobserved(bare_storage)), False),
             "on, no access lines": (observed, False),
             "on": (observed, True),
         }
@@ -194,12 +207,12 @@ def main() -> None:
         print(
             "\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request (us):\n"
         )
-        bare = RegistryApp(bare_storage)
+        bare = unobserved(bare_storage)
         layers = {
             "off": (bare, False),
-            "+ request id and context": (RequestLog(bare, ROUTES), False),
-            "+ metrics, /healthz layer": (make_app(observed_storage, Settings()), False),
-            "+ access line = on": (make_app(observed_storage, Settings()), True),
+            "+ request id and context": (RequestLog(bare), False),
+            "+ metrics, /healthz layer": (make_app(observed_storage), False),
+            "+ access line = on": (make_app(observed_storage), True),
         }
         print("| request | " + " | ".join(layers) + " |")
         print("|---|" + "---|" * len(layers))

@@ -49,6 +49,7 @@ class Paths:
         self.blobs_root = f"{self.root}blobs/"
         self.uploads_root = f"{self.root}{UPLOADS}"
         self.data_root = f"{self.root}data/"
+        self.repositories_root = f"{self.root}repositories/"
 
     # Blobs -------------------------------------------------------------------
 
@@ -87,7 +88,7 @@ class Paths:
     # Repositories ------------------------------------------------------------
 
     def repository(self, name: str) -> str:
-        return f"{self.root}repositories/{name}/"
+        return f"{self.repositories_root}{name}/"
 
     def layers_root(self, name: str) -> str:
         return f"{self.repository(name)}_layers/"

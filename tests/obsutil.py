@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from werkzeug.test import Client, TestResponse
 
 from s3blobs.registry.logformat import QUIET_LIBRARIES, install_logging, uninstall_logging
-from s3blobs.registry.settings import Settings
+from s3blobs.registry.settings import OperationsSettings
 
 
 def need(tool: str) -> str:
@@ -48,7 +48,7 @@ def captured_log(log_format: str = "text", level: int = logging.INFO) -> Iterato
     saved = {name: logging.getLogger(name).level for name in QUIET_LIBRARIES}
     saved_root = root.level
     stream = io.StringIO()
-    handler = install_logging(Settings(log_format=log_format, log_level=level), stream)
+    handler = install_logging(OperationsSettings(log_format=log_format, log_level=level), stream)
     try:
         yield stream
     finally:

@@ -21,7 +21,7 @@ from oci import MANIFEST, image_layout
 from s3blobs import DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import make_app
 from s3blobs.registry.events import EVENTS_MEDIA_TYPE, Notifier
-from s3blobs.registry.settings import Settings
+from s3blobs.registry.settings import OperationsSettings
 
 CONFIG = "application/vnd.oci.image.config.v1+json"
 
@@ -43,8 +43,10 @@ def test_envelopes_of_a_skopeo_push_a_pull_and_a_delete(
 ) -> None:
     storage = S3BlobStorage.from_env(server_env)
     headers = {receiver.url: {"Authorization": "Bearer webhook-token"}, "*": {"X-Sent-By": "t"}}
-    settings = Settings(notify_urls=(receiver.url,), notify_headers=headers, notify_pulls=True)
-    server = make_server("127.0.0.1", 0, make_app(storage, settings), threaded=True)
+    settings = OperationsSettings(
+        notify_urls=(receiver.url,), notify_headers=headers, notify_pulls=True
+    )
+    server = make_server("127.0.0.1", 0, make_app(storage, operations=settings), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     registry = f"127.0.0.1:{server.port}"
     try:
@@ -182,12 +184,12 @@ def test_a_slow_receiver_never_slows_a_request(storage: S3BlobStorage) -> None:
 
 
 def test_notifications_from_the_environment(storage: S3BlobStorage, receiver: Receiver) -> None:
-    settings = Settings.from_env({"S3BLOBS_NOTIFY_URLS": receiver.url})
+    settings = OperationsSettings.from_env({"S3BLOBS_NOTIFY_URLS": receiver.url})
     notifier = Notifier.from_settings(settings, storage)
     assert notifier is not None and [e.url for e in notifier.endpoints] == [receiver.url]
-    assert Notifier.from_settings(Settings(), storage) is None
+    assert Notifier.from_settings(OperationsSettings(), storage) is None
     storage_with_cache = S3BlobStorage(storage.config, DescriptorCacheFactory())
-    client = BufferedClient(make_app(storage_with_cache, settings))
+    client = BufferedClient(make_app(storage_with_cache, operations=settings))
     push_manifests(client, 2)
     events = receiver.wait_for(2)
     assert [event["target"]["tag"] for event in events] == ["t0", "t1"]

@@ -3,6 +3,7 @@ listener, and several gunicorn workers summed in multiprocess mode."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -14,17 +15,20 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
 import requests
 
+from authutil import write_htpasswd
 from conftest import PART
 from netutil import free_port, wait_for_port
 from obsutil import BufferedClient, captured_log, sample, samples_by
 from s3blobs import Config, ConfigError, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import make_app
+from s3blobs.registry.auth.acl import AclPolicy
+from s3blobs.registry.auth.htpasswd import BasicAuthenticator, HtpasswdFile
+from s3blobs.registry.auth.settings import SecuritySettings
 from s3blobs.registry.metrics import serve_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,25 +242,39 @@ def test_http_and_cache_counters(config: Config) -> None:
     assert sample("s3blobs_http_request_duration_seconds_count", route="blob", method="HEAD") >= 3
 
 
-def test_auth_failures_by_reason(storage: S3BlobStorage) -> None:
-    def refusing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ["PATH_INFO"] == "/v2/forbidden":
-            environ["s3blobs.auth_failure"] = "insufficient_scope"
-            start_response("403 Forbidden", [])
-        else:
-            start_response("401 Unauthorized", [])
-        return [b""]
+def test_auth_failures_by_reason_and_the_user_in_the_log(
+    storage: S3BlobStorage, tmp_path: Path
+) -> None:
+    (tmp_path / "acl.toml").write_text(
+        '[[rule]]\nrepositories = ["ok/**"]\nusers = ["alice"]\nactions = ["pull"]\n'
+    )
+    passwords = HtpasswdFile(write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-pw"}))
+    security = SecuritySettings(
+        "htpasswd", BasicAuthenticator(passwords), AclPolicy.load(tmp_path / "acl.toml")
+    )
+    client = BufferedClient(make_app(storage, security))
 
-    app = make_app(storage)
-    app.app = refusing  # what an authentication layer inside the log would answer
-    client = BufferedClient(app)
-    reasons = ["no_credentials", "rejected_credentials", "insufficient_scope"]
+    def basic(password: str) -> dict[str, str]:
+        token = base64.b64encode(f"alice:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    reasons = ["no_credentials", "rejected_credentials", "denied"]
     before = {r: sample("s3blobs_auth_failures_total", reason=r) for r in reasons}
-    client.get("/v2/")
-    client.get("/v2/", headers={"Authorization": "Basic Zm9vOmJhcg=="})
-    client.get("/v2/forbidden")
+    with captured_log() as log:
+        assert client.get("/v2/ok/app/tags/list").status_code == 401
+        assert client.get("/v2/ok/app/tags/list", headers=basic("n0t-her-pa55")).status_code == 401
+        assert (
+            client.delete(
+                "/v2/ok/app/blobs/" + digest_of(b"x"), headers=basic("alice-pw")
+            ).status_code
+            == 403
+        )
+        assert client.get("/v2/ok/app/tags/list", headers=basic("alice-pw")).status_code == 404
     after = {r: sample("s3blobs_auth_failures_total", reason=r) for r in reasons}
     assert {r: after[r] - before[r] for r in reasons} == dict.fromkeys(reasons, 1)
+    users = re.findall(r" user=(\S+)$", log.getvalue(), re.M)
+    assert users == ["-", "-", "alice", "alice"]  # a refused password names nobody
+    assert "alice-pw" not in log.getvalue() and "n0t-her-pa55" not in log.getvalue()
 
 
 def test_the_listener_serves_the_metrics(storage: S3BlobStorage) -> None:

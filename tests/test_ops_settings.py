@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from s3blobs import ConfigError
-from s3blobs.registry.settings import Settings
+from s3blobs.registry.settings import OperationsSettings
 
 URL = "https://scanner.example/hook"
 
 
 def test_defaults_are_a_text_log_at_info_and_nothing_else() -> None:
-    settings = Settings.from_env({})
-    assert settings == Settings()
+    settings = OperationsSettings.from_env({})
+    assert settings == OperationsSettings()
     assert settings.metrics_addr is None and settings.notify_urls == ()
     assert (settings.log_format, settings.log_level) == ("text", logging.INFO)
 
@@ -23,7 +23,7 @@ def test_defaults_are_a_text_log_at_info_and_nothing_else() -> None:
 def test_every_variable_is_read(tmp_path: Path) -> None:
     headers = tmp_path / "headers.toml"
     headers.write_text(f'["{URL}"]\nAuthorization = "Bearer t0ken"\n["*"]\nX-Registry = "prod"\n')
-    settings = Settings.from_env(
+    settings = OperationsSettings.from_env(
         {
             "S3BLOBS_METRICS_ADDR": "127.0.0.1:9090",
             "S3BLOBS_LOG_FORMAT": "JSON",
@@ -41,12 +41,18 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "*": {"X-Registry": "prod"},
     }
     assert settings.notify_pulls is True
-    as_json = Settings.from_env(
+    as_json = OperationsSettings.from_env(
         {"S3BLOBS_NOTIFY_URLS": URL, "S3BLOBS_NOTIFY_HEADERS": f'{{"{URL}": {{"A": "b"}}}}'}
     )
     assert as_json.notify_headers == {URL: {"A": "b"}}
-    assert Settings.from_env({"S3BLOBS_METRICS_ADDR": ":9100"}).metrics_addr == ("0.0.0.0", 9100)
-    assert Settings.from_env({"S3BLOBS_METRICS_ADDR": "[::1]:9100"}).metrics_addr == ("::1", 9100)
+    assert OperationsSettings.from_env({"S3BLOBS_METRICS_ADDR": ":9100"}).metrics_addr == (
+        "0.0.0.0",
+        9100,
+    )
+    assert OperationsSettings.from_env({"S3BLOBS_METRICS_ADDR": "[::1]:9100"}).metrics_addr == (
+        "::1",
+        9100,
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,15 +71,15 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
 )
 def test_bad_values_name_their_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
-        Settings.from_env({"S3BLOBS_NOTIFY_URLS": URL, variable: value})
+        OperationsSettings.from_env({"S3BLOBS_NOTIFY_URLS": URL, variable: value})
 
 
 def test_header_values_are_never_echoed() -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env(
+        OperationsSettings.from_env(
             {"S3BLOBS_NOTIFY_URLS": URL, "S3BLOBS_NOTIFY_HEADERS": '{"*": {"A": "s3cret"'}
         )
     assert "s3cret" not in str(info.value)
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"S3BLOBS_NOTIFY_URLS": "https://hooks.example/T0/s3cret, x"})
+        OperationsSettings.from_env({"S3BLOBS_NOTIFY_URLS": "https://hooks.example/T0/s3cret, x"})
     assert "s3cret" not in str(info.value) and "entry 2" in str(info.value)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,11 +32,20 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def add_parser(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run the OCI registry")
+    from ..registry.auth.settings import HELP
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the OCI registry",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument(
         "--port", type=_port, default=5000, help="port, 0 to 65535 (5000; 0 picks a free one)"
     )
+    serve.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
+    serve.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
     serve.add_argument(
         "--workers", type=_positive, default=2, help="worker processes (2; gunicorn)"
     )
@@ -66,10 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import Config
     from ..registry import create_app
-    from ..registry.settings import Settings
+    from ..registry.auth.settings import SecuritySettings, check_listen_address
+    from ..registry.settings import OperationsSettings
     from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
+    # Security first: it needs no S3, and a registry open to the network by mistake
+    # must not start at all.
+    security = SecuritySettings.from_env(environ, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    check_listen_address(args.host, security)
+    tls = security.ssl_context()
     if not environ.get("S3BLOBS_BUCKET"):
         endpoint = start_embedded_s3()
         environ.update(
@@ -82,19 +98,21 @@ def run(args: argparse.Namespace) -> int:
         say(f"no S3BLOBS_BUCKET: started an embedded S3 (moto) at {endpoint}")
         say(f"bucket {EMBEDDED_BUCKET!r} lives in this process's memory and ends with it")
     config = Config.from_env(environ)  # a bad variable fails here, before anything listens
-    Settings.from_env(environ)  # S3BLOBS_METRICS_ADDR, _LOG_*, _NOTIFY_* too
+    OperationsSettings.from_env(environ)  # S3BLOBS_METRICS_ADDR, _LOG_*, _NOTIFY_* too
     S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
     listener = _listen(args.host, args.port)
     port = listener.getsockname()[1]
     server = "werkzeug (development)" if args.dev else f"gunicorn, {args.workers} workers"
-    say(f"registry on http://{args.host}:{port} (bucket {config.bucket!r}; {server})")
+    scheme = "https" if tls else "http"
+    say(f"registry on {scheme}://{args.host}:{port} (bucket {config.bucket!r}; {server})")
+    say(f"authentication: {security.mode}")
 
     def build() -> WSGIApp:
-        return with_read_timeout(create_app(environ), args.read_timeout)
+        return with_read_timeout(create_app(environ, security), args.read_timeout)
 
     if args.dev:
-        return _serve_dev(listener, build())
-    return _serve_gunicorn(listener, build, args)
+        return _serve_dev(listener, build(), tls)
+    return _serve_gunicorn(listener, build, args, security.tls_cert, security.tls_key)
 
 
 def with_read_timeout(app: WSGIApp, seconds: float) -> WSGIApp:
@@ -111,7 +129,11 @@ def with_read_timeout(app: WSGIApp, seconds: float) -> WSGIApp:
 
 
 def _serve_gunicorn(
-    listener: socket.socket, build: Callable[[], WSGIApp], args: argparse.Namespace
+    listener: socket.socket,
+    build: Callable[[], WSGIApp],
+    args: argparse.Namespace,
+    certfile: str | None,
+    keyfile: str | None,
 ) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -128,6 +150,7 @@ def _serve_gunicorn(
         "accesslog": None,
         "control_socket_disable": True,  # one fixed path per user: replicas would collide
         "when_ready": gunicorn_when_ready,  # the master serves every worker's metrics
+        **({"certfile": certfile, "keyfile": keyfile} if certfile else {}),
     }
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -143,11 +166,11 @@ def _serve_gunicorn(
     return 0
 
 
-def _serve_dev(listener: socket.socket, app: WSGIApp) -> int:
+def _serve_dev(listener: socket.socket, app: WSGIApp, tls: ssl.SSLContext | None) -> int:
     from werkzeug.serving import make_server
 
     host, port = listener.getsockname()[:2]
-    server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+    server = make_server(host, port, app, threaded=True, fd=listener.fileno(), ssl_context=tls)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
@@ -32,10 +32,14 @@ from ..errors import (
     BlobUploadUnknown,
 )
 from ..names import validate_repository_name
+from ..paths import is_valid_tag
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
 from ..storage import S3BlobStorage
 from ..writer import S3BlobWriter
+from .auth.settings import SecuritySettings
+from .auth.wsgi import Authentication, Authorization
+from .catalog import catalog
 from .context import REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
@@ -46,26 +50,19 @@ from .errors import (
     upload_invalid,
 )
 from .events import Notifier
+from .hardening import SecurityHeaders, WSGIApp
 from .health import HealthCheck, HealthEndpoint
 from .logformat import install_logging
 from .manifests import Manifests
 from .metrics import RegistryMetrics, serve_metrics
+from .pagination import next_link, page_size, page_start
 from .proxies import BehindProxies, trusted_proxies
-from .requestlog import ROUTE, RequestLog
-from .settings import Settings
+from .requestlog import RequestLog
+from .routes import match_route
+from .settings import OperationsSettings
 
 log = logging.getLogger(__name__)
 
-_NAME = r"(?P<name>.+?)"
-ROUTES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"/v2/?"), "base"),
-    (re.compile(rf"/v2/{_NAME}/blobs/uploads/?"), "uploads"),
-    (re.compile(rf"/v2/{_NAME}/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
-    (re.compile(rf"/v2/{_NAME}/blobs/(?P<digest>[^/]+)"), "blob"),
-    (re.compile(rf"/v2/{_NAME}/manifests/(?P<reference>[^/]+)"), "manifest"),
-    (re.compile(rf"/v2/{_NAME}/tags/list"), "tags"),
-    (re.compile(rf"/v2/{_NAME}/referrers/(?P<digest>[^/]+)"), "referrers"),
-]
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 BODY_READ = 256 * 1024
@@ -108,19 +105,17 @@ class RegistryApp:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
-        for pattern, route in ROUTES:
-            match = pattern.fullmatch(request.path)
-            if match:
-                params = match.groupdict()
-                request.environ[ROUTE] = (route, params)  # for the request log and metrics
-                if "name" in params:
-                    validate_repository_name(params["name"])
-                handler = getattr(self, f"{route}_{request.method.lower()}", None)
-                if handler is None:
-                    raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
-                result: Response = handler(request, **params)
-                return result
-        raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+        """The handler ``<route>_<method>`` for the methods the route table lists."""
+        matched = match_route(request.environ)
+        if matched is None:
+            raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+        if matched.repository is not None:
+            validate_repository_name(matched.repository)
+        if matched.need(request.method) is None:
+            raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
+        handler = getattr(self, f"{matched.route.name}_{request.method.lower()}")
+        result: Response = handler(request, **matched.params)
+        return result
 
     # /v2/ ------------------------------------------------------------------------------
 
@@ -128,6 +123,9 @@ class RegistryApp:
         return Response(b"{}", content_type="application/json")
 
     base_head = base_get
+
+    def catalog_get(self, request: Request) -> Response:
+        return catalog(self.storage, request)
 
     # Blobs ------------------------------------------------------------------------------
 
@@ -289,18 +287,12 @@ class RegistryApp:
 
     def tags_get(self, request: Request, name: str) -> Response:
         manifests = self.manifests(name)
-        try:
-            n = int(request.args["n"]) if "n" in request.args else None
-        except ValueError:
-            raise RegistryError("UNSUPPORTED", 400, "n must be a number") from None
-        last = request.args.get("last")
+        n = page_size(request.args)
+        last = page_start(request.args, is_valid_tag, "TAG_INVALID", "tag")
         tags, more = manifests.tags(n, last)
         if not tags and not last and not manifests.repository_exists():
             raise name_unknown(name)
-        headers = {}
-        if more and tags:
-            query = urlencode({"n": n, "last": tags[-1]})
-            headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+        headers = {"Link": next_link(f"/v2/{name}/tags/list", n, tags[-1])} if more and tags else {}
         body = json.dumps({"name": name, "tags": tags}).encode()
         return Response(body, headers=headers, content_type="application/json")
 
@@ -360,37 +352,49 @@ def read_body(request: Request, limit: int) -> bytes:
 
 def make_app(
     storage: S3BlobStorage,
-    settings: Settings | None = None,
-    *,
+    security: SecuritySettings | None = None,
     manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    *,
+    operations: OperationsSettings | None = None,
     health: HealthCheck | None = None,
     notifier: Notifier | None = None,
-) -> RequestLog:
-    """The registry with its operations layers, outermost first: request id and
-    access log, then metrics and events (observers of each finished request), then
-    /healthz, then the registry API. ``health`` and ``notifier`` replace the ones
-    ``settings`` describe (tests tune their timings)."""
-    settings = settings or Settings()
-    notifier = notifier or Notifier.from_settings(settings, storage)
+) -> WSGIApp:
+    """The registry's WSGI pipeline, outermost first: the request id and access log
+    (metrics and events observe each finished request), security headers and input
+    checks, ``/healthz`` (it needs no credentials), authentication (who), routing and
+    authorization (may they, by the route table), the handlers. ``security`` defaults
+    to an open registry, as ``RegistryApp(storage)``; ``operations`` to a text log and
+    no events; ``health`` and ``notifier`` replace the ones it describes (tests tune
+    their timings)."""
+    security = security or SecuritySettings()
+    operations = operations or OperationsSettings()
+    notifier = notifier or Notifier.from_settings(operations, storage)
     observers = [RegistryMetrics(storage).observe]
     if notifier is not None:
         observers.append(notifier.observe)
-    registry = RegistryApp(storage, manifest_cache)
-    app = HealthEndpoint(registry, health or HealthCheck(storage.config))
-    return RequestLog(app, ROUTES, observers)
+    app: WSGIApp = RegistryApp(storage, manifest_cache)
+    app = Authorization(app, security.access, security.authenticator)
+    app = Authentication(app, security.authenticator)
+    app = HealthEndpoint(app, health or HealthCheck(storage.config))
+    app = SecurityHeaders(app)
+    return RequestLog(app, observers)
 
 
-def create_app(environ: Mapping[str, str] | None = None) -> BehindProxies:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``),
-    its caches where ``S3BLOBS_CACHE`` says, behind ``S3BLOBS_TRUSTED_PROXIES`` (first,
-    so the log and events see the client's address); logging installed, and the
-    metrics listener started when S3BLOBS_METRICS_ADDR says so."""
+def create_app(
+    environ: Mapping[str, str] | None = None, security: SecuritySettings | None = None
+) -> WSGIApp:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
+    security and operations settings first (they need no S3), logging installed, the
+    caches where ``S3BLOBS_CACHE`` says, the metrics listener where
+    ``S3BLOBS_METRICS_ADDR`` says, all behind ``S3BLOBS_TRUSTED_PROXIES`` (outermost,
+    so the log and events see the client's address)."""
+    security = security or SecuritySettings.from_env(environ)
+    operations = OperationsSettings.from_env(environ)
     config = Config.from_env(environ)
-    settings = Settings.from_env(environ)
-    install_logging(settings)
+    install_logging(operations)
     caches = caches_from_config(config)
     storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
-    if settings.metrics_addr is not None:
-        serve_metrics(settings.metrics_addr)
-    app = make_app(storage, settings, manifest_cache=caches.manifests)
+    if operations.metrics_addr is not None:
+        serve_metrics(operations.metrics_addr)
+    app = make_app(storage, security, caches.manifests, operations=operations)
     return BehindProxies(app, trusted_proxies(environ))

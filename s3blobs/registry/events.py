@@ -34,7 +34,7 @@ from ..paths import is_valid_tag
 from ..storage import S3BlobStorage
 from .metrics import EVENTS_DROPPED, EVENTS_SENT
 from .requestlog import Exchange
-from .settings import EVERY_ENDPOINT, Settings
+from .settings import EVERY_ENDPOINT, OperationsSettings
 
 EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Notifier:
         self.hostname = socket.gethostname()
 
     @classmethod
-    def from_settings(cls, settings: Settings, storage: S3BlobStorage) -> Notifier | None:
+    def from_settings(cls, settings: OperationsSettings, storage: S3BlobStorage) -> Notifier | None:
         if not settings.notify_urls:
             return None
         return cls(

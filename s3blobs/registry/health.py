@@ -21,7 +21,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..config import Config
 from ..s3 import error_code
-from .metrics import instrument_s3_client
 
 HEALTH_PATH = "/healthz"
 
@@ -44,6 +43,9 @@ class HealthCheck:
     @property
     def client(self) -> Any:
         """Made on first use: a registry that is never probed never builds it."""
+        # Imported here: metrics imports the request log, which imports this module.
+        from .metrics import instrument_s3_client
+
         with self._lock:
             if self._client is None:
                 self._client = _probe_client(self.config, self.timeout)

@@ -18,7 +18,7 @@ import time
 from typing import Any, TextIO
 
 from .requestlog import Exchange, current_exchange
-from .settings import Settings
+from .settings import OperationsSettings
 
 #: Libraries whose INFO/DEBUG output would repeat our access line or print secrets.
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "werkzeug", "moto")
@@ -126,7 +126,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so a second install replaces it instead of doubling every line."""
 
 
-def install_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
+def install_logging(settings: OperationsSettings, stream: TextIO | None = None) -> logging.Handler:
     """Log to ``stream`` (stderr) in the configured format and level; returns the handler."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:

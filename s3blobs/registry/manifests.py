@@ -21,14 +21,9 @@ from ..paths import is_valid_tag
 from ..s3 import delete_keys, list_objects, s3_errors
 from ..storage import S3BlobStorage
 from .errors import RegistryError, manifest_invalid, manifest_unknown
+from .validation import INDEX_TYPES, MANIFEST_TYPES, validate_manifest
 
 MAX_MANIFEST = 4 * 1024 * 1024
-INDEX_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
-)
 # Layers that live elsewhere (the manifest gives their urls): not required to be here.
 FOREIGN = (
     "application/vnd.docker.image.rootfs.foreign",
@@ -54,18 +49,8 @@ class Manifests:
         """Store a manifest; returns its digest and its subject's digest (or None)."""
         if len(body) > MAX_MANIFEST:
             raise RegistryError("MANIFEST_INVALID", 413, "manifest too large", len(body))
-        try:
-            manifest = json.loads(body)
-        except ValueError as exc:
-            raise manifest_invalid(f"not JSON: {exc}") from None
-        if not isinstance(manifest, dict):
-            raise manifest_invalid("a manifest is a JSON object")
-        declared = manifest.get("mediaType")
-        media_type = content_type.split(";")[0].strip() or declared
-        if not media_type:
-            raise manifest_invalid("no media type: send Content-Type or a mediaType field")
-        if declared and declared != media_type:
-            raise manifest_invalid(f"mediaType {declared!r} differs from Content-Type")
+        # Everything is checked, and everything to write is computed, before the first write.
+        media_type, manifest = validate_manifest(body, content_type)
         algorithm = CANONICAL
         if not is_valid_tag(reference):
             algorithm = parse_digest(reference).algorithm
@@ -79,14 +64,14 @@ class Manifests:
             )
         self._check_references(manifest, media_type)
         subject = self._subject(manifest)
+        referrer = _referrer_descriptor(manifest, media_type, len(body), str(digest))
         self.storage.blobs.put(media_type, body, digest_algorithm=digest.algorithm)
         self._put(self.paths.revision(self.name, digest), b"")
         if is_valid_tag(reference):
             self._put(self.paths.tag(self.name, reference), str(digest).encode())
         if subject is not None:
-            descriptor = _referrer_descriptor(manifest, media_type, len(body), str(digest))
             self._put(
-                self.paths.referrer(self.name, subject, digest), json.dumps(descriptor).encode()
+                self.paths.referrer(self.name, subject, digest), json.dumps(referrer).encode()
             )
         self.cache.put(str(digest), (media_type, body))
         return str(digest), str(subject) if subject else None
@@ -94,7 +79,7 @@ class Manifests:
     def _check_references(self, manifest: dict[str, Any], media_type: str) -> None:
         """Every blob (or, for an index, every manifest) a manifest names must be in this
         repository, as S3 says now (never a cache)."""
-        if media_type in INDEX_TYPES or "manifests" in manifest:
+        if media_type in INDEX_TYPES:
             keys = {
                 child.digest: self.paths.revision(self.name, parse_digest(child.digest))
                 for child in _descriptors(manifest.get("manifests"))
@@ -147,6 +132,9 @@ class Manifests:
                 media_type = self.storage.blobs.stat(digest).media_type
             except BlobUnknown:
                 raise manifest_unknown(reference) from None
+            if media_type not in MANIFEST_TYPES:
+                # Stored before types were checked: never serve it as what it claimed.
+                media_type = "application/octet-stream"
             cached = (media_type, body)
             self.cache.put(digest, (media_type, body))
         return digest, cached[0], cached[1]
@@ -258,7 +246,10 @@ def _referrer_descriptor(
     manifest: dict[str, Any], media_type: str, size: int, digest: str
 ) -> dict[str, Any]:
     descriptor: dict[str, Any] = {"mediaType": media_type, "size": size, "digest": digest}
-    artifact_type = manifest.get("artifactType") or manifest.get("config", {}).get("mediaType")
+    config = manifest.get("config")
+    artifact_type = manifest.get("artifactType") or (
+        config.get("mediaType") if isinstance(config, dict) else None
+    )
     if artifact_type:
         descriptor["artifactType"] = artifact_type
     if manifest.get("annotations"):

@@ -33,8 +33,9 @@ from prometheus_client import start_http_server as _start_http_server
 from ..errors import ConfigError
 from ..s3 import THROTTLED
 from ..storage import S3BlobStorage
-from .requestlog import AUTH_FAILURE_REASON, Exchange, current_exchange
-from .settings import Settings
+from .auth.wsgi import AUTH_FAILURE
+from .requestlog import Exchange, current_exchange
+from .settings import OperationsSettings
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +174,17 @@ _ROUTE_COUNTS = {"uploads": _uploads, "upload": _upload, "manifest": _manifest, 
 
 
 def _auth_failure(exchange: Exchange, status: int) -> None:
-    """The authentication layer may name the reason; otherwise the status says enough:
-    a 401 to a request without credentials is the challenge every client starts with."""
-    reason = exchange.environ.get(AUTH_FAILURE_REASON)
-    if reason is None:
-        if status == 403:
-            reason = "denied"
-        elif "HTTP_AUTHORIZATION" in exchange.environ:
-            reason = "rejected_credentials"
-        else:
-            reason = "no_credentials"
-    AUTH_FAILURES.labels(str(reason)).inc()
+    """Why a request was refused, in a few words (bounded: a label)."""
+    environ = exchange.environ
+    if status == 403:
+        reason = "denied"  # who it is may not do this
+    elif AUTH_FAILURE in environ:
+        reason = "rejected_credentials"  # a password or token that does not check out
+    elif "HTTP_AUTHORIZATION" in environ:
+        reason = "insufficient_scope"  # a valid token without this access
+    else:
+        reason = "no_credentials"  # the challenge every client starts with
+    AUTH_FAILURES.labels(reason).inc()
 
 
 class _CacheStatsExport:
@@ -334,6 +335,6 @@ def gunicorn_when_ready(server: Any) -> None:
     """gunicorn's ``when_ready`` hook: in multiprocess mode the master serves the
     metrics of every worker (the workers find the address taken and leave it).
     Otherwise it does nothing: the master has no figures of its own to serve."""
-    addr = Settings.from_env().metrics_addr
+    addr = OperationsSettings.from_env().metrics_addr
     if addr is not None and multiprocess_dir() is not None:
         serve_metrics(addr)

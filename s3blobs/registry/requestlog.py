@@ -13,22 +13,19 @@ client puts in a URL is ever written.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from .auth.wsgi import IDENTITY
 from .context import REQUEST_ID_HEADER, request_id
+from .health import HEALTH_PATH
+from .routes import match_route
 
 #: The environ key of the request's Exchange, for layers inside this one.
 EXCHANGE = "s3blobs.exchange"
-#: Where the registry app puts the (route, parameters) it matched: cheaper and surer
-#: than matching the path again here.
-ROUTE = "s3blobs.route"
-#: Set by an authentication layer to say why it refused (a 401 or 403), e.g. "bad_password".
-AUTH_FAILURE_REASON = "s3blobs.auth_failure"
 
 ACCESS_LOG = logging.getLogger("s3blobs.access")
 log = logging.getLogger(__name__)
@@ -42,7 +39,6 @@ MASK = "REDACTED"
 # What a registry path holds (names, tags, digests, upload ids) stays as it is.
 _PATH_SAFE = "/:@+=,"
 
-Routes = Sequence[tuple[re.Pattern[str], str]]
 Observer = Callable[["Exchange"], None]
 
 
@@ -60,18 +56,16 @@ class Exchange:
         "method",
         "params",
         "path",
-        "routes",
         "s3_requests",
         "started",
         "status",
     )
 
-    def __init__(self, environ: dict[str, Any], routes: Routes) -> None:
+    def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
         self.id = request_id(environ)
         self.method: str = environ.get("REQUEST_METHOD", "GET")
         self.path: str = environ.get("PATH_INFO", "") or "/"
-        self.routes = routes
         self.started = time.perf_counter()
         self.status = 0
         self.headers: list[tuple[str, str]] = []
@@ -86,17 +80,12 @@ class Exchange:
     def route(self) -> str:
         """The API route's name ('blob', 'manifest', ...), 'healthz', or 'unknown'."""
         if self._route is None:
-            matched = self.environ.get(ROUTE)
+            # Matched once per request, by whichever layer asks first (routing does).
+            matched = match_route(self.environ)
             if matched is not None:
-                self._route, self.params = matched
-                return self._route
-            # The app never saw it (/healthz, or refused before routing).
-            self._route = "healthz" if self.path == "/healthz" else "unknown"
-            for pattern, name in self.routes:
-                match = pattern.fullmatch(self.path)
-                if match:
-                    self._route, self.params = name, match.groupdict()
-                    break
+                self._route, self.params = matched.route.name, matched.params
+            else:
+                self._route = "healthz" if self.path == HEALTH_PATH else "unknown"
         return self._route
 
     @property
@@ -105,8 +94,10 @@ class Exchange:
 
     @property
     def user(self) -> str:
-        """Who the authentication layer said this is (WSGI's REMOTE_USER), or '-'."""
-        return str(self.environ.get("REMOTE_USER") or "-")
+        """Who authentication said this is, or '-' (anonymous, or no authentication)."""
+        identity = self.environ.get(IDENTITY)
+        name = getattr(identity, "name", None)
+        return str(name) if name else "-"
 
     def header(self, name: str) -> str | None:
         """A response header, or None."""
@@ -153,15 +144,14 @@ def current_exchange() -> Exchange | None:
 class RequestLog:
     """WSGI layer: request id, current-request context, byte counts, the access line."""
 
-    def __init__(self, app: Any, routes: Routes = (), observers: Sequence[Observer] = ()) -> None:
+    def __init__(self, app: Any, observers: Sequence[Observer] = ()) -> None:
         self.app = app
-        self.routes = routes
         self.observers = tuple(observers)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        exchange = Exchange(environ, self.routes)
+        exchange = Exchange(environ)
         environ[EXCHANGE] = exchange
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get(
             "HTTP_TRANSFER_ENCODING"

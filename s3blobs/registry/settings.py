@@ -34,8 +34,9 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The operations settings; ``Settings()`` is everything off but a text log at INFO."""
+class OperationsSettings:
+    """How the registry is watched; ``OperationsSettings()``: a text log at INFO, and
+    no metrics listener, no events."""
 
     metrics_addr: tuple[str, int] | None = None
     log_format: str = "text"
@@ -46,7 +47,7 @@ class Settings:
     notify_pulls: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperationsSettings:
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str:
