@@ -75,12 +75,14 @@ class Rule:
     DeleteObjects' keys) matches the regex ``key`` (None: any). ``hook`` is called
     with the request's record ``when`` = "before" forwarding or "after" the upstream
     answer arrived; then ``fault`` (if any) applies: "500"/"503"/"reset" replace the
-    forward, "drop" forwards and resets instead of answering.
+    forward, "drop" forwards and resets instead of answering. A tuple of faults is
+    used in turn: ``("reset", "500")`` with ``count=5`` resets the first, and answers
+    500 to the second, resets the third...
     """
 
     op: str | None = None
     key: str | None = None
-    fault: str | None = None
+    fault: str | tuple[str, ...] | None = None
     count: int = 1
     skip: int = 0
     hook: Callable[[Record], None] | None = None
@@ -89,8 +91,11 @@ class Rule:
     fired: int = 0
 
     def __post_init__(self) -> None:
-        if self.fault is not None and self.fault not in FAULTS:
-            raise ValueError(f"unknown fault {self.fault!r}; expected one of {FAULTS}")
+        faults = (self.fault,) if isinstance(self.fault, str) else self.fault or ()
+        for fault in faults:
+            if fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
+        self._faults = faults
         if self.when not in ("before", "after"):
             raise ValueError("when is 'before' or 'after'")
         self._pattern = re.compile(self.key) if self.key is not None else None
@@ -99,6 +104,10 @@ class Rule:
         if self.op is not None and record.op != self.op:
             return False
         return self._pattern is None or record.touches(self._pattern)
+
+    def next_fault(self) -> str | None:
+        """The fault of the firing that just happened (``fired`` counts it)."""
+        return self._faults[(self.fired - 1) % len(self._faults)] if self._faults else None
 
     @property
     def spent(self) -> bool:
@@ -252,8 +261,8 @@ class FaultProxy:
                     rule.seen += 1
                     continue
                 rule.fired += 1
-                record.fault = rule.fault
-                return rule.fault, rule
+                record.fault = rule.next_fault()
+                return record.fault, rule
             ident = (record.op, record.key)
             kind, left = self._bursts.pop(ident, (None, 0))
             if kind is None and self.rate and self.random.random() < self.rate:

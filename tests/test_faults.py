@@ -77,13 +77,15 @@ def randomized_run(
     }
 
 
-def read_back(client: RetryingClient, storage: S3BlobStorage, digest: str, data: bytes) -> str:
+def read_back(
+    client: RetryingClient, storage: S3BlobStorage | None, digest: str, data: bytes
+) -> str:
     """'' when the blob reads back as ``data`` through the registry (307, then the
-    presigned URL) and straight from S3; else what went wrong."""
+    presigned URL) and straight from S3 (``storage.blobs``); else what went wrong."""
     try:
         if client.get_blob(digest) != data:
             return f"{digest}: the registry serves other bytes"
-        if storage.blobs.get(digest) != data:
+        if storage is not None and storage.blobs.get(digest) != data:
             return f"{digest}: S3 holds other bytes"
     except (AssertionError, BlobError) as exc:
         return f"{digest}: {type(exc).__name__}: {str(exc)[:300]}"
