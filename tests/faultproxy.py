@@ -80,7 +80,7 @@ class Rule:
     500 to the second, resets the third...
     """
 
-    op: str | None = None
+    op: str | tuple[str, ...] | None = None  # one operation, or any of several
     key: str | None = None
     fault: str | tuple[str, ...] | None = None
     count: int = 1
@@ -101,7 +101,8 @@ class Rule:
         self._pattern = re.compile(self.key) if self.key is not None else None
 
     def matches(self, record: Record) -> bool:
-        if self.op is not None and record.op != self.op:
+        ops = (self.op,) if isinstance(self.op, str) else self.op
+        if ops is not None and record.op not in ops:
             return False
         return self._pattern is None or record.touches(self._pattern)
 
