@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-from test_faults import read_back, summary
 
 from faultcheck import check_bucket, direct_client
 from faultclient import Push, RetryingClient, audit, digest_of
 from faultproxy import FaultProxy, Record, Rule
 from faultrig import PART, RegistryServer, new_bucket, secrets, serve_registry
+from faultrun import read_back, summary
 
 pytest_plugins = ["faultfixtures"]
 
