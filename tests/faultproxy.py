@@ -28,26 +28,28 @@ import random
 import re
 import socket
 import socketserver
-import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-FAULTS = ("500", "503", "reset", "drop")
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "expect", "te", "trailer", "upgrade"}
+from faultwire import (
+    SOCKET_TIMEOUT,
+    Request,
+    connect,
+    error_response,
+    forward,
+    operation,
+    read_body,
+    read_head,
+    reset,
+    send_answer,
 )
-_ERRORS = {
-    "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
-    "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
-}
+
+FAULTS = ("500", "503", "reset", "drop")
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _XML_KEY = re.compile(rb"<Key>([^<]*)</Key>")
-SOCKET_TIMEOUT = 60.0
 
 
 @dataclass
@@ -113,45 +115,6 @@ class Rule:
     @property
     def spent(self) -> bool:
         return self.fired >= self.count
-
-
-def operation(method: str, path: str, query: dict[str, list[str]], copy: bool) -> tuple[str, str]:
-    """(S3 operation, object key) of a path-style request."""
-    bucket_and_key = unquote(path.lstrip("/")).split("/", 1)
-    key = bucket_and_key[1] if len(bucket_and_key) == 2 else ""
-    if not key:
-        bucket_ops = {
-            "HEAD": "HeadBucket",
-            "PUT": "CreateBucket",
-            "DELETE": "DeleteBucket",
-        }
-        if method == "GET":
-            if "uploads" in query:
-                return "ListMultipartUploads", key
-            if "location" in query:
-                return "GetBucketLocation", key
-            if "lifecycle" in query:
-                return "GetBucketLifecycleConfiguration", key
-            return ("ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjects"), key
-        if method == "POST" and "delete" in query:
-            return "DeleteObjects", key
-        return bucket_ops.get(method, f"{method}Bucket"), key
-    if method == "POST":
-        if "uploads" in query:
-            return "CreateMultipartUpload", key
-        if "uploadId" in query:
-            return "CompleteMultipartUpload", key
-    elif method == "PUT":
-        if "partNumber" in query and "uploadId" in query:
-            return ("UploadPartCopy" if copy else "UploadPart"), key
-        return ("CopyObject" if copy else "PutObject"), key
-    elif method == "GET":
-        return ("ListParts" if "uploadId" in query else "GetObject"), key
-    elif method == "HEAD":
-        return "HeadObject", key
-    elif method == "DELETE":
-        return ("AbortMultipartUpload" if "uploadId" in query else "DeleteObject"), key
-    return f"{method}Object", key
 
 
 class FaultProxy:
@@ -250,7 +213,7 @@ class FaultProxy:
 
     # The decision for one request ------------------------------------------------------
 
-    def _decide(self, record: Record) -> tuple[str | None, Rule | None]:
+    def decide(self, record: Record) -> tuple[str | None, Rule | None]:
         with self._lock:
             self.records.append(record)
             if not self.enabled:
@@ -281,19 +244,6 @@ class _Server(socketserver.ThreadingTCPServer):
     proxy: FaultProxy
 
 
-class _Request:
-    def __init__(self, method: str, target: str, headers: list[tuple[str, str]]) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
-
-
 class _Handler(socketserver.BaseRequestHandler):
     """One client connection: requests in turn (keep-alive), one upstream connection."""
 
@@ -307,28 +257,28 @@ class _Handler(socketserver.BaseRequestHandler):
         upstream: http.client.HTTPConnection | None = None
         try:
             while True:
-                head = _read_head(rfile)
+                head = read_head(rfile)
                 if head is None:
                     return
                 if (head.header("expect") or "").lower() == "100-continue":
                     self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                body = _read_body(rfile, head)
+                body = read_body(rfile, head)
                 record = _record_of(head, body)
-                fault, rule = proxy._decide(record)
+                fault, rule = proxy.decide(record)
                 if rule and rule.hook and rule.when == "before":
                     rule.hook(record)
                 if fault in ("500", "503"):
-                    self._send(*_error_response(fault), head.method)
+                    send_answer(self.request, error_response(fault), head.method)
                     continue
                 if fault == "reset":
-                    return self._reset()
-                upstream = upstream or _connect(proxy.upstream)
+                    return reset(self.request)
+                upstream = upstream or connect(proxy.upstream)
                 try:
-                    answer = _forward(upstream, head, body)
+                    answer = forward(upstream, head, body)
                 except (OSError, http.client.HTTPException):
                     upstream.close()  # moto closed it: one fresh try
-                    upstream = _connect(proxy.upstream)
-                    answer = _forward(upstream, head, body)
+                    upstream = connect(proxy.upstream)
+                    answer = forward(upstream, head, body)
                 record.status = answer[0]
                 if record.op == "CreateMultipartUpload":
                     found = _UPLOAD_ID.search(answer[3])
@@ -336,8 +286,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 if rule and rule.hook and rule.when == "after":
                     rule.hook(record)
                 if fault == "drop":
-                    return self._reset()
-                self._send(*answer, head.method)
+                    return reset(self.request)
+                send_answer(self.request, answer, head.method)
                 if (head.header("connection") or "").lower() == "close":
                     return
         except (OSError, ValueError, http.client.HTTPException):
@@ -347,68 +297,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 upstream.close()
             rfile.close()
 
-    def _send(
-        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, method: str
-    ) -> None:
-        if method == "HEAD":
-            body = b""  # a HEAD answer has no body, whatever its headers say
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        for name, value in headers:
-            lower = name.lower()
-            if lower in _HOP_BY_HOP or (lower == "content-length" and method != "HEAD"):
-                continue
-            lines.append(f"{name}: {value}")
-        if method != "HEAD" and status not in (204, 304):
-            lines.append(f"Content-Length: {len(body)}")
-        self.request.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
 
-    def _reset(self) -> None:
-        """Close with a TCP reset (SO_LINGER 0), as a broken network would."""
-        with contextlib.suppress(OSError):
-            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.request.close()
-
-
-def _read_head(rfile: IO[bytes]) -> _Request | None:
-    line = rfile.readline(65537)
-    while line in (b"\r\n", b"\n"):  # tolerate blank lines between requests
-        line = rfile.readline(65537)
-    if not line:
-        return None
-    method, target, _ = line.decode("latin-1").split(" ", 2)
-    headers = []
-    while True:
-        raw = rfile.readline(65537)
-        if raw in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = raw.decode("latin-1").partition(":")
-        headers.append((name.strip(), value.strip()))
-    return _Request(method.upper(), target, headers)
-
-
-def _read_body(rfile: IO[bytes], head: _Request) -> bytes:
-    if "chunked" in (head.header("transfer-encoding") or "").lower():
-        chunks: list[bytes] = []
-        while True:
-            size = int(rfile.readline(1024).split(b";")[0].strip(), 16)
-            if size == 0:
-                while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-            chunks.append(_read_exactly(rfile, size))
-            rfile.readline(16)
-    length = int(head.header("content-length") or 0)
-    return _read_exactly(rfile, length)
-
-
-def _read_exactly(rfile: IO[bytes], size: int) -> bytes:
-    data = rfile.read(size)
-    if len(data) != size:
-        raise ValueError("the body ended early")
-    return data
-
-
-def _record_of(head: _Request, body: bytes) -> Record:
+def _record_of(head: Request, body: bytes) -> Record:
     parts = urlsplit(head.target)
     query = parse_qs(parts.query, keep_blank_values=True)
     op, key = operation(
@@ -418,49 +308,3 @@ def _record_of(head: _Request, body: bytes) -> Record:
     if op == "DeleteObjects":
         keys = tuple(unquote(k.decode()) for k in _XML_KEY.findall(body))
     return Record(op, head.method, key, keys, upload_id=query.get("uploadId", [""])[0])
-
-
-def _connect(address: tuple[str, int]) -> http.client.HTTPConnection:
-    return http.client.HTTPConnection(*address, timeout=SOCKET_TIMEOUT)
-
-
-def _forward(
-    upstream: http.client.HTTPConnection, head: _Request, body: bytes
-) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    upstream.putrequest(head.method, head.target, skip_host=True, skip_accept_encoding=True)
-    for name, value in head.headers:
-        if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
-            upstream.putheader(name, value)
-    if body or head.method in ("PUT", "POST"):
-        upstream.putheader("Content-Length", str(len(body)))
-    upstream.endheaders(body)
-    response = upstream.getresponse()
-    data = response.read()
-    if response.will_close:
-        upstream.close()
-    return response.status, response.reason, response.getheaders(), data
-
-
-def _error_response(fault: str) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    status, reason, code, message = _ERRORS[fault]
-    request_id = uuid.uuid4().hex[:16].upper()
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message>"
-        f"<RequestId>{request_id}</RequestId></Error>"
-    ).encode()
-    headers = [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)]
-    return status, reason, headers, body
-
-
-def describe(records: list[Record]) -> str:
-    """A readable list of requests, for assertion messages."""
-    return "; ".join(
-        f"{r.op} {r.key or ','.join(r.keys)[:60]}" + (f" [{r.fault}]" if r.fault else "")
-        for r in records
-    )
-
-
-def serve_proxy(upstream: str, **options: Any) -> FaultProxy:
-    """A started proxy (the caller stops it)."""
-    return FaultProxy(upstream, **options).start()

@@ -24,6 +24,7 @@ from netutil import free_port, wait_for_port
 from s3blobs import Config, S3BlobStorage
 from s3blobs.config import MiB
 from s3blobs.registry import RegistryApp
+from s3blobs.s3 import make_client
 
 # moto checks no credentials; boto3 wants some to sign with (set for the benchmark).
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "faults")
@@ -71,6 +72,20 @@ def storage_config(endpoint: str, bucket: str, **overrides: Any) -> Config:
         **overrides,
     }
     return Config(**values)
+
+
+def botocore_attempts(config: Config) -> int:
+    """How many attempts botocore makes per request with s3blobs' client configuration
+    (``max_attempts`` counts retries, so one more than it says)."""
+    retries = make_client(config).meta.config.retries or {}
+    if "total_max_attempts" in retries:
+        return int(retries["total_max_attempts"])
+    return int(retries.get("max_attempts", 4)) + 1
+
+
+#: Attempts per S3 request of the registry's client: a fault repeated this many times
+#: reaches the registry; fewer, botocore absorbs it.
+ATTEMPTS = botocore_attempts(storage_config("http://127.0.0.1:9", "attempts-probe"))
 
 
 def storage_env(endpoint: str, bucket: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 from faultcheck import check_bucket, direct_client
 from faultclient import MODES, Push, RetryingClient, audit
 from faultproxy import FaultProxy
-from faultrig import PART, secrets, serve_registry
+from faultrig import ATTEMPTS, PART, secrets, serve_registry
 from s3blobs import S3BlobStorage
 from s3blobs.errors import BlobError
 
@@ -23,16 +23,17 @@ SIZES = [0, 1, 100 * KiB, PART + 1, 2 * PART, 2 * PART + 300 * KiB]
 
 
 def randomized_run(
-    moto: str, bucket: str, seed: int, uploads: int, rate: float = 0.04
+    moto: str, bucket: str, seed: int, uploads: int, rate: float = 0.025
 ) -> dict[str, Any]:
     """``uploads`` pushes through a registry whose S3 requests fail at random, then
     everything checked with faults off. Returns the figures (the benchmark prints them)."""
     rng = random.Random(seed)
-    # A fault lasts 1 to 6 consecutive attempts of one request: botocore retries 5
-    # times, so about one in three outlasts it and reaches the registry. rate 0.04
-    # with bursts of 3.5 on average faults about 10% of all S3 requests.
+    # A fault lasts 1 to ATTEMPTS + 2 consecutive attempts of one request, so that about
+    # a third of them outlast botocore's retries and reach the registry; rate 0.025
+    # with such bursts faults about 10% of all S3 requests.
+    burst = (1, ATTEMPTS + 2)
     with (
-        FaultProxy(moto, seed=seed, rate=rate, burst=(1, 6)) as proxy,
+        FaultProxy(moto, seed=seed, rate=rate, burst=burst) as proxy,
         serve_registry(proxy, bucket) as registry,
     ):
         client = RetryingClient(registry.url, name=f"rand/s{seed}")

@@ -9,7 +9,7 @@ fresh upload is taken to that step and exactly that request is faulted:
   and third connections are reset, the others answered 500): the registry hears it;
 - ``lost``: S3 does the work and the answer is lost, once (botocore's retry meets
   what its first attempt did);
-- ``lostx5``: every attempt's answer is lost (the registry hears a failure of a
+- ``lost-all``: every attempt's answer is lost (the registry hears a failure of a
   write that happened).
 
 The client then goes on as a real one does (tests/faultclient.py); its push must end
@@ -33,7 +33,7 @@ import pytest
 from faultcheck import check_bucket, direct_client
 from faultclient import Push, RetryingClient, audit, digest_of
 from faultproxy import FaultProxy, Record, Rule
-from faultrig import PART, RegistryServer, new_bucket, secrets, serve_registry
+from faultrig import ATTEMPTS, PART, RegistryServer, new_bucket, secrets, serve_registry
 from faultrun import read_back, summary
 
 pytest_plugins = ["faultfixtures"]
@@ -41,11 +41,10 @@ pytest_plugins = ["faultfixtures"]
 KiB = 1024
 FIRST_PATCH = 1024 * KiB
 SHAPES = {"small": 64 * KiB, "whole-parts": PART, "parts-tail": PART + 64 * KiB}
-# botocore makes 5 attempts (standard retry mode, as s3blobs configures it).
 FAULTS: dict[str, tuple[str | tuple[str, ...], int]] = {
-    "fail": (("reset", "500"), 5),
+    "fail": (("reset", "500"), ATTEMPTS),
     "lost": ("drop", 1),
-    "lostx5": ("drop", 5),
+    "lost-all": ("drop", ATTEMPTS),
 }
 STEPS = ("POST", "PATCH", "PUT")
 # Key classes, so that a rule finds "the same request" of another upload.
