@@ -214,6 +214,7 @@ class FaultProxy:
     # The decision for one request ------------------------------------------------------
 
     def decide(self, record: Record) -> tuple[str | None, Rule | None]:
+        """Record a request; its fault (None: forward it) and the rule that chose it."""
         with self._lock:
             self.records.append(record)
             if not self.enabled:

@@ -1,14 +1,17 @@
 """Races between requests of one upload (and of one digest), on real sockets in real
 threads: no interleaving may serve a corrupt or partial blob, and no PATCH whose
 bytes cannot end up in the blob may answer 202. Each race runs a few times, to give
-interleavings a chance.
+interleavings a chance. And a client that vanishes in the middle of a PATCH body:
+the upload goes on at once from the Range the registry then reports.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -16,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from faultcheck import check_bucket
-from faultclient import Exchange, RetryingClient, digest_of
+from faultclient import Exchange, RetryingClient, audit, digest_of
 from faultrig import PART, RegistryServer
 
 pytest_plugins = ["faultfixtures"]
@@ -24,6 +27,7 @@ pytest_plugins = ["faultfixtures"]
 T = TypeVar("T")
 ROUNDS = 3
 KiB = 1024
+MiB = 1024 * KiB
 REFUSALS = {"BLOB_UPLOAD_INVALID", "DIGEST_INVALID", "SIZE_INVALID"}
 
 
@@ -179,3 +183,52 @@ def test_two_uploads_of_one_content_commit_once(registry: RegistryServer, s3_dir
         assert client.get_blob(digest) == data
     report = assert_bucket_sound(s3_direct, registry)
     assert not report.orphan_data, "the losers' data objects were left behind"
+
+
+def cut_short(port: int, location: str, data: bytes, chunked: bool) -> None:
+    """Send a PATCH whose body stops after ``data`` (of twice as much announced) and
+    close the connection, as a client that crashed or lost its network would."""
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {2 * len(data)}"
+    head = f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{framing}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        piece = 256 * KiB
+        for start in range(0, len(data), piece):
+            chunk = data[start : start + piece]
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
+        if chunked:
+            sock.sendall(b"40000\r\n" + data[:100])  # a chunk that never ends
+
+
+def settled_range(client: RetryingClient, location: str, seconds: float = 3.0) -> str:
+    """The upload's Range once two status answers 0.2 s apart agree: the registry has
+    then finished with the request that was cut (its answer went nowhere)."""
+    deadline, last = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        answer = client.request("status", "GET", location)
+        if answer.status == 204 and answer.header("range") == last:
+            break
+        last = answer.header("range")
+        time.sleep(0.2)
+    return str(last)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_a_patch_cut_short_then_the_upload_goes_on_at_once(
+    registry: RegistryServer, s3_direct: Any, chunked: bool
+) -> None:
+    client = RetryingClient(registry.url, name="race/cut")
+    data = random.randbytes(2 * PART + 100 * KiB)
+    location = client.post()
+    cut_short(int(registry.url.rsplit(":", 1)[1]), location, data[: PART + MiB], chunked)
+    settled_range(client, location)
+    # The next steps, as a real client takes them: status, PATCH from its Range, PUT.
+    held, location = client.status(location, 0, len(data))
+    while held < len(data):
+        held, location = client.patch(location, data, held, len(data))
+    client.put(location, digest_of(data))
+    problems = audit(client.exchanges, [])
+    assert not problems, problems
+    assert client.get_blob(digest_of(data)) == data
+    assert_bucket_sound(s3_direct, registry)

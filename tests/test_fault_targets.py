@@ -222,15 +222,10 @@ def one_case(rig: Rig, step: str, shape: str, fault: str, target: Target, n: int
     return problems
 
 
-# POST makes the same requests whatever the size of the blob to come: small only.
-STEP_SHAPES = [
-    (step, shape) for step in STEPS for shape in SHAPES if step != "POST" or shape == "small"
-]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
-@pytest.mark.parametrize(("step", "shape"), STEP_SHAPES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("step", STEPS)
 def test_each_request_of_a_step_faulted(rigs: list[Rig], step: str, shape: str, fault: str) -> None:
     targets = clean_targets(rigs[0], step, shape)
     assert targets, "the step made no S3 request"

@@ -16,6 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, ConnectionClosedError
 
 from faultcheck import check_bucket
+from faultclient import Exchange, audit
 from faultproxy import FaultProxy, Record, Rule
 from faultrig import ATTEMPTS, storage_config
 from faultwire import operation
@@ -164,3 +165,35 @@ def test_the_checker_catches_every_broken_promise(s3_direct: Any, fault_bucket: 
     assert report.orphan_data == {"data/" + "2" * 32}
     only = check_bucket(s3_direct, fault_bucket, digests={good})
     assert only.problems == []
+
+
+def test_the_audit_flags_every_unclean_answer() -> None:
+    def answer(status: int, body: bytes, **headers: str) -> Exchange:
+        named = {k.replace("_", "-").lower(): v for k, v in headers.items()}
+        return Exchange("PUT", "PUT", "/v2/x/blobs/uploads/u", status, named, body)
+
+    error = b'{"errors": [{"code": "UNAVAILABLE", "message": "storage unavailable"}]}'
+    clean = answer(503, error, Retry_After="5", X_Request_Id="r1")
+    found = audit(
+        [
+            clean,
+            answer(500, error, Retry_After="5", X_Request_Id="r2"),
+            answer(503, b"<html>oops</html>", Retry_After="5", X_Request_Id="r3"),
+            answer(503, error, X_Request_Id="r4"),
+            answer(429, error, X_Request_Id="r5"),
+            answer(503, error, Retry_After="5"),
+            answer(409, b'{"errors": [{"code": "BLOB_UPLOAD_INVALID"}]}'),
+            answer(503, error.replace(b"storage", b"my-bucket"), Retry_After="1", X_Request_Id="r"),
+        ],
+        secrets=["my-bucket"],
+    )
+    assert {kind: len(items) for kind, items in found.items()} == {
+        "500": 1,
+        "non-JSON error": 1,
+        "5xx not 503 with Retry-After": 2,
+        "429 without Retry-After": 1,
+        "error without X-Request-Id": 1,
+        "spurious 4xx": 1,
+        "leaked internals": 1,
+    }
+    assert audit([clean], secrets=["my-bucket"]) == {}
