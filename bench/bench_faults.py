@@ -100,10 +100,9 @@ def kills(moto: str, workdir: Path) -> None:
                 if report.problems:
                     what = f"BROKEN: {report.problems[0]}"[:40]
                 restart = out.listening_at - out.killed_at
-                print(
-                    f"{shape:<12} {point:<22} {what:<40} {restart:>6.2f}s  "
-                    f"{out.waited:>7.2f}s  {out.outage:>5.2f}s"
-                )
+                # The client's times mean something only when it got its 201.
+                times = f"{out.waited:>7.2f}s  {out.outage:>5.2f}s" if ok else "      -      -"
+                print(f"{shape:<12} {point:<22} {what:<40} {restart:>6.2f}s  {times}")
         finally:
             registry.kill()
 
