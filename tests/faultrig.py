@@ -13,10 +13,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from werkzeug.serving import make_server
+from werkzeug.wsgi import ClosingIterator
 
 from faultcheck import direct_client
 from faultproxy import FaultProxy
@@ -101,14 +102,41 @@ def storage_env(endpoint: str, bucket: str) -> dict[str, str]:
 
 
 class RegistryServer:
-    """``RegistryApp`` under werkzeug's threaded server on 127.0.0.1, in a thread."""
+    """``RegistryApp`` under werkzeug's threaded server on 127.0.0.1, in a thread.
+
+    It counts the requests in progress, so that a test can wait until the registry
+    is done with a request whose client went away (:meth:`wait_idle`)."""
 
     def __init__(self, storage: S3BlobStorage) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.storage = storage
-        self._server = make_server("127.0.0.1", 0, RegistryApp(storage), threaded=True)
+        self._app = RegistryApp(storage)
+        self._active = 0
+        self._idle = threading.Condition()
+        self._server = make_server("127.0.0.1", 0, self._counting, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def _counting(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        with self._idle:
+            self._active += 1
+        try:
+            return ClosingIterator(self._app(environ, start_response), [self._done])
+        except BaseException:
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, seconds: float = 30.0) -> bool:
+        """Wait until no request is in progress; False if one still is after ``seconds``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout=seconds)
 
     @property
     def url(self) -> str:
