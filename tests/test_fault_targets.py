@@ -1,12 +1,14 @@
 """Targeted faults: each S3 request of each upload step, failing or losing its answer.
 
 For each step (POST; a PATCH that crosses a part boundary; the final PUT) and each
-blob shape (small, whole parts, parts and a tail), a clean run through the proxy
-names the S3 requests the step makes. Then, for each of those requests in turn, a
+blob shape (64 KiB; one whole 5 MiB part; a part and a 64 KiB tail), a clean run
+through the proxy names the S3 requests the step makes. Then, for each of those
+requests in turn, a
 fresh upload is taken to that step and exactly that request is faulted:
 
-- ``fail``: the request never reaches S3, at every attempt botocore makes (the first
-  and third connections are reset, the others answered 500): the registry hears it;
+- ``fail``: the request never reaches S3, at every attempt botocore makes (every
+  other attempt's connection is reset, the others are answered 500): the registry
+  hears it;
 - ``lost``: S3 does the work and the answer is lost, once (botocore's retry meets
   what its first attempt did);
 - ``lost-all``: every attempt's answer is lost (the registry hears a failure of a
