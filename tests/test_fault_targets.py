@@ -3,8 +3,8 @@
 For each step (POST; a PATCH that crosses a part boundary; the final PUT) and each
 blob shape (64 KiB; one whole 5 MiB part; a part and a 64 KiB tail), a clean run
 through the proxy names the S3 requests the step makes. Then, for each of those
-requests in turn, a
-fresh upload is taken to that step and exactly that request is faulted:
+requests in turn, a fresh upload is taken to that step and exactly that request is
+faulted:
 
 - ``fail``: the request never reaches S3, at every attempt botocore makes (every
   other attempt's connection is reset, the others are answered 500): the registry
