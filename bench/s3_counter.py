@@ -22,6 +22,10 @@ from werkzeug.serving import make_server
 
 #: A GET by a presigned URL: a client following the registry's redirect, not the registry.
 PRESIGNED_GET = "GetObject by a client's presigned URL"
+#: A HEAD by a presigned URL: a client following a HEAD's redirect (distribution does).
+PRESIGNED_HEAD = "HeadObject by a client's presigned URL"
+#: What clients ask S3 directly, not counted as the registry's requests.
+PRESIGNED = (PRESIGNED_GET, PRESIGNED_HEAD)
 
 ops: Counter[str] = Counter()
 written = Counter[str]()
@@ -35,6 +39,8 @@ def operation(method: str, path: str, query: dict[str, list[str]], environ: dict
         "HEAD": "HeadBucket" if is_bucket else "HeadObject",
         "DELETE": "AbortMultipartUpload" if "uploadId" in query else "DeleteObject",
     }
+    if method == "HEAD" and "X-Amz-Signature" in query:
+        return PRESIGNED_HEAD
     if method in table:
         return table[method]
     if method == "GET":
