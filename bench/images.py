@@ -104,3 +104,11 @@ def random_image(layout: Path, layer_sizes: list[int], tag: str = "latest") -> i
     }
     (layout / "index.json").write_text(json.dumps(index))
     return sum(int(str(blob["size"])) for blob in (*layers, config, manifest))
+
+
+def config_digest(layout: Path) -> str:
+    """The digest of the config of the image in ``layout`` (its only manifest)."""
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest).read_text())
+    return str(manifest["config"]["digest"])

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from moto.server import DomainDispatcherApplication, create_backend_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
 #: A GET by a presigned URL: a client following the registry's redirect, not the registry.
@@ -73,7 +73,8 @@ def copied_bytes(environ: dict[str, Any]) -> int:
 
     bucket, _, key = unquote(environ["HTTP_X_AMZ_COPY_SOURCE"]).lstrip("/").partition("/")
     backend = s3_backends["123456789012"]["global"]
-    return int(backend.get_object(bucket, key.split("?")[0]).size)
+    source = backend.get_object(bucket, key.split("?")[0])
+    return int(source.size) if source is not None else 0
 
 
 def app(moto: Any) -> Any:
