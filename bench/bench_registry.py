@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from bench.attribution import S3CallsByRequest, Served, attributing, by_kind
 from bench.clients import (
     blob_exists,
     by_operation,
@@ -59,6 +60,7 @@ class Step:
     written: Counter[str]
     seconds: float
     http: list[LoggedRequest]
+    by_request: list[Served]  # s3blobs only: each HTTP request with its S3 calls
 
     @property
     def bytes_written(self) -> int:
@@ -79,7 +81,11 @@ def measure(
     workdir: Path,
     layer_sizes: list[int],
     take: Callable[[], list[LoggedRequest]],
+    s3_calls: S3CallsByRequest | None,
 ) -> Result:
+    def take_calls() -> list[Served]:
+        return s3_calls.take() if s3_calls is not None else []
+
     layout = workdir / f"image-{address.replace(':', '-')}"
     image_bytes = random_image(layout, layer_sizes)
     chunks = [os.urandom(CHUNK) for _ in range(CHUNKS)]
@@ -95,16 +101,18 @@ def measure(
     steps = {}
     quiet_counts(endpoint)
     take()
+    take_calls()
     for name, action in actions.items():
         start = time.perf_counter()
         outcome = action()
         seconds = time.perf_counter() - start
         counts = quiet_counts(endpoint)
-        steps[name] = Step(counts["ops"], counts["written"], seconds, take())
+        steps[name] = Step(counts["ops"], counts["written"], seconds, take(), take_calls())
         if name == "chunked upload" and not blob_exists(address, "bench/chunked", str(outcome)):
             raise RuntimeError("the chunked upload left no blob")
         quiet_counts(endpoint)
         take()
+        take_calls()
     return Result(image_bytes, len(layer_sizes), config_digest(layout), steps)
 
 
@@ -212,10 +220,56 @@ def report(results: dict[str, Result], layer_sizes: list[int]) -> None:
     for step in next(iter(results.values())).steps:
         for name in names:
             print(f"| {step} | {name} | {http_summary(results[name].steps[step].http)} |")
+    attribution(results)
     for name in names:
         mounts, uploaded = mounted(results[name].steps["mount push"])
         if mounts != results[name].layers or uploaded != [results[name].config]:
             print(f"\nWARNING: {name}: {mounts} of {results[name].layers} layers mounted")
+
+
+def attribution(results: dict[str, Result]) -> None:
+    """s3blobs' S3 requests by the HTTP request that made them."""
+    names = [name for name, result in results.items() if _has_calls(result)]
+    if not names:
+        return
+    print(
+        "\ns3blobs: S3 requests by the HTTP request that made them (n: how many such "
+        "requests; operations summed over the n; counted in the registry's process):\n"
+    )
+    print("| step | HTTP request -> status | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for step in next(iter(results.values())).steps:
+        kinds = {name: by_kind(results[name].steps[step].by_request) for name in names}
+        labels = sorted({label for table in kinds.values() for label in table}, key=_order)
+        for label in labels:
+            cells = []
+            for name in names:
+                count, calls = kinds[name].get(label, (0, Counter()))
+                total = sum(calls.values())
+                cells.append(f"n={count}: {total}" + (f" ({by_operation(calls)})" if total else ""))
+            print(f"| {step} | {label} | " + " | ".join(cells) + " |")
+    for name in names:
+        for step_name, step in results[name].steps.items():
+            attributed = sum(sum(served.calls.values()) for served in step.by_request)
+            if attributed != registry_requests(step.ops):
+                print(
+                    f"\nWARNING: {name}, {step_name}: {attributed} S3 calls attributed, "
+                    f"{registry_requests(step.ops)} seen by S3 (retries?)"
+                )
+
+
+def _has_calls(result: Result) -> bool:
+    return any(step.by_request for step in result.steps.values())
+
+
+ORDER = ["GET base", "HEAD blob", "POST", "PATCH", "PUT blob", "PUT manifest", "GET manifest"]
+
+
+def _order(label: str) -> tuple[int, str]:
+    for i, prefix in enumerate(ORDER):
+        if label.startswith(prefix):
+            return i, label
+    return len(ORDER), label
 
 
 def main() -> None:
@@ -225,11 +279,17 @@ def main() -> None:
     layer_sizes = [int(s) * MiB for s in args.layers.split(",")]
     require_tools("skopeo", "docker-registry", "nginx")
     results = {}
-    with tempfile.TemporaryDirectory() as tmp, moto_server(counting=True) as endpoint:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        moto_server(counting=True) as endpoint,
+        attributing(),
+    ):
         workdir = Path(tmp)
         for name, started in registries(endpoint, workdir):
             with started as registry, timing_proxy(registry.address, workdir) as proxy:
-                results[name] = measure(endpoint, proxy.address, workdir, layer_sizes, proxy.take)
+                results[name] = measure(
+                    endpoint, proxy.address, workdir, layer_sizes, proxy.take, registry.s3_calls
+                )
     report(results, layer_sizes)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from bench.attribution import S3CallsByRequest
 from bench.support import free_port, new_bucket, server_counts, wait_for_port
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import RegistryApp
@@ -58,6 +59,7 @@ class Registry:
     address: str  # host:port
     pids: list[int] = field(default_factory=list)  # its processes; empty when in this one
     bucket: str = ""
+    s3_calls: S3CallsByRequest | None = None  # in this process: S3 calls by HTTP request
 
 
 def require_tools(*tools: str) -> None:
@@ -69,7 +71,8 @@ def require_tools(*tools: str) -> None:
 @contextlib.contextmanager
 def s3blobs_in_process(endpoint: str, equal_parts: bool) -> Iterator[Registry]:
     """``RegistryApp`` on werkzeug's threaded server in this process (defaults: 16 MiB
-    parts, descriptor cache on)."""
+    parts, descriptor cache on), counting its S3 calls by HTTP request (bench.attribution; the calls
+    of the writer's part-upload threads only inside ``attributing()``)."""
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)  # skopeo's TLS probes
     config = Config(
         bucket=new_bucket(endpoint),
@@ -79,10 +82,11 @@ def s3blobs_in_process(endpoint: str, equal_parts: bool) -> Iterator[Registry]:
         equal_parts=equal_parts,
     )
     storage = S3BlobStorage(config, DescriptorCacheFactory(config.cache_size, config.cache_ttl))
-    server = make_server("127.0.0.1", 0, RegistryApp(storage), threaded=True)
+    app = S3CallsByRequest(RegistryApp(storage), storage.client)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield Registry(f"127.0.0.1:{server.port}", bucket=config.bucket)
+        yield Registry(f"127.0.0.1:{server.port}", bucket=config.bucket, s3_calls=app)
     finally:
         server.shutdown()
 
