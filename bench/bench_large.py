@@ -6,11 +6,14 @@ through the Go registry 2.8.2 likewise (redirect on, and ``redirect: disable: tr
     python -m bench.bench_large [--size-mib 1024]
 
 For each registry: wall time of skopeo's push and of its pull, and the registry's peak
-RSS during each (VmHWM from /proc/PID/status, reset to the current RSS between push and
-pull by writing 5 to /proc/PID/clear_refs, which needs root). For s3blobs, the gunicorn
-master and each worker are separate processes: the table gives the largest worker and
-the sum over master and workers. S3 is one counting moto server (its own process) for
-every registry; each registry has its own bucket, emptied once it is done.
+RSS during each (VmHWM from /proc/PID/status). The push and the pull are each served by
+a fresh registry process on the same bucket, so neither's peak carries what the other
+left in memory (nor what start-up did: the peak is reset to the resident set at rest,
+by writing 5 to /proc/PID/clear_refs, which needs root, before the transfer starts);
+the pull's caches start cold, as on another replica. For s3blobs the gunicorn master
+and each worker are separate processes: the table gives the largest worker and the sum
+over master and workers. S3 is one counting moto server (its own process) for every
+registry; each registry has its own bucket, emptied once it is done.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ import argparse
 import contextlib
 import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,10 @@ from bench.registries import (
     require_tools,
     s3blobs_process,
 )
-from bench.support import MiB, moto_server, raw_client
+from bench.support import MiB, moto_server, new_bucket, raw_client
 
 COMMAND = "python -m bench.bench_large"
+Start = Callable[[str], AbstractContextManager[Registry]]  # a registry on this bucket
 
 
 @dataclass
@@ -50,7 +53,8 @@ class Memory:
 @dataclass
 class Transfer:
     seconds: float
-    memory: Memory
+    at_rest: Memory  # VmRSS before the transfer
+    memory: Memory  # VmHWM after it
     s3_requests: int
     presigned: int
     operations: str
@@ -69,29 +73,34 @@ def reset_peaks(registry: Registry) -> None:
             Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def measure(
-    endpoint: str, registry: Registry, layout: Path, workdir: Path
-) -> tuple[Memory, list[Transfer]]:
-    transfers = []
-    quiet_counts(endpoint)
-    at_rest = memory(registry, "VmRSS")
-    reset_peaks(registry)
-    seconds = push(str(layout), registry.address, "large/image:v1")
-    counts = quiet_counts(endpoint)
-    transfers.append(_transfer(seconds, registry, counts["ops"]))
-    reset_peaks(registry)
+def transfer(endpoint: str, start: Start, bucket: str, action: Callable[[str], float]) -> Transfer:
+    """Start the registry on ``bucket``, run ``action(its address)``, stop it."""
+    with start(bucket) as registry:
+        quiet_counts(endpoint)
+        at_rest = memory(registry, "VmRSS")
+        reset_peaks(registry)
+        seconds = action(registry.address)
+        ops = quiet_counts(endpoint)["ops"]
+        return Transfer(
+            seconds,
+            at_rest,
+            memory(registry),
+            s3_requests(ops),
+            presigned_requests(ops),
+            by_operation(ops),
+        )
+
+
+def measure(endpoint: str, start: Start, layout: Path, workdir: Path) -> list[Transfer]:
+    bucket = new_bucket(endpoint)
     pulled = workdir / "pulled"
-    seconds = pull(registry.address, "large/image:v1", str(pulled))
-    counts = quiet_counts(endpoint)
-    transfers.append(_transfer(seconds, registry, counts["ops"]))
+    transfers = [
+        transfer(endpoint, start, bucket, lambda at: push(str(layout), at, "large/image:v1")),
+        transfer(endpoint, start, bucket, lambda at: pull(at, "large/image:v1", str(pulled))),
+    ]
     shutil.rmtree(pulled)
-    return at_rest, transfers
-
-
-def _transfer(seconds: float, registry: Registry, ops: Counter[str]) -> Transfer:
-    return Transfer(
-        seconds, memory(registry), s3_requests(ops), presigned_requests(ops), by_operation(ops)
-    )
+    empty_bucket(endpoint, bucket)
+    return transfers
 
 
 def empty_bucket(endpoint: str, bucket: str) -> None:
@@ -106,29 +115,24 @@ def empty_bucket(endpoint: str, bucket: str) -> None:
     quiet_counts(endpoint)
 
 
-def registries(
-    endpoint: str, workdir: Path, equal_parts: bool
-) -> Iterator[tuple[str, AbstractContextManager[Registry]]]:
+def registries(endpoint: str, workdir: Path, equal_parts: bool) -> Iterator[tuple[str, Start]]:
     parts = "true" if equal_parts else "false"
     for redirect in (True, False):
-        label = "redirect" if redirect else "S3BLOBS_REDIRECT=false"
-        yield (
-            f"s3blobs ({label})",
-            s3blobs_process(
-                endpoint,
-                workdir,
-                workers=2,
-                env={"S3BLOBS_REDIRECT": str(redirect).lower(), "S3BLOBS_EQUAL_PARTS": parts},
-            ),
-        )
+        env = {"S3BLOBS_REDIRECT": str(redirect).lower(), "S3BLOBS_EQUAL_PARTS": parts}
+
+        def s3blobs(bucket: str, env: dict[str, str] = env) -> AbstractContextManager[Registry]:
+            return s3blobs_process(endpoint, workdir, workers=2, env=env, bucket=bucket)
+
+        yield f"s3blobs ({'redirect' if redirect else 'S3BLOBS_REDIRECT=false'})", s3blobs
     for redirect in (True, False):
-        label = "redirect" if redirect else "redirect disabled"
-        yield f"distribution 2.8.2 ({label})", go_registry(endpoint, workdir, redirect=redirect)
+
+        def go(bucket: str, redirect: bool = redirect) -> AbstractContextManager[Registry]:
+            return go_registry(endpoint, workdir, redirect=redirect, bucket=bucket)
+
+        yield f"distribution 2.8.2 ({'redirect' if redirect else 'redirect disabled'})", go
 
 
-def report(
-    results: dict[str, tuple[Memory, list[Transfer]]], size: int, image: int, equal_parts: bool
-) -> None:
+def report(results: dict[str, list[Transfer]], size: int, image: int, equal_parts: bool) -> None:
     print(
         f"```sh\n{COMMAND} --size-mib {size // MiB}{' --equal-parts' if equal_parts else ''}\n```\n"
     )
@@ -137,17 +141,19 @@ def report(
         "MiB with config and manifest. s3blobs: `python -m s3blobs serve` (gunicorn, 2 "
         "workers x 16 threads, the default), 16 MiB parts, "
         f"S3BLOBS_EQUAL_PARTS={str(equal_parts).lower()}; "
-        "distribution: 10 MiB chunks. Peak RSS: VmHWM; for s3blobs the largest worker and "
-        "(after the slash) master + workers together.\n"
+        "distribution: 10 MiB chunks. The push and the pull each by a fresh registry "
+        "process on the same bucket. RSS at rest: VmRSS before the push; peak: VmHWM, reset "
+        "before the transfer; for s3blobs the largest worker and (after the slash) master + "
+        "workers together. MB/s: the image's bytes over skopeo's wall time.\n"
     )
     print(
         "| registry | RSS at rest | push s | push MB/s | peak RSS in push "
         "| pull s | pull MB/s | peak RSS in pull |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, (at_rest, (pushed, pulled)) in results.items():
+    for name, (pushed, pulled) in results.items():
         print(
-            f"| {name} | {_rss(at_rest)} | {pushed.seconds:.1f} | "
+            f"| {name} | {_rss(pushed.at_rest)} | {pushed.seconds:.1f} | "
             f"{image / pushed.seconds / 1e6:.0f} | "
             f"{_rss(pushed.memory)} | {pulled.seconds:.1f} | {image / pulled.seconds / 1e6:.0f} | "
             f"{_rss(pulled.memory)} |"
@@ -155,7 +161,7 @@ def report(
     print("\nS3 requests (+ GETs of presigned URLs by skopeo):\n")
     print("| registry | step | S3 requests | by operation |")
     print("|---|---|---|---|")
-    for name, (_, transfers) in results.items():
+    for name, transfers in results.items():
         for step, transfer in zip(("push", "pull"), transfers, strict=True):
             extra = f" (+{transfer.presigned})" if transfer.presigned else ""
             print(f"| {name} | {step} | {transfer.s3_requests}{extra} | {transfer.operations} |")
@@ -184,10 +190,8 @@ def main() -> None:
         endpoint = stack.enter_context(moto_server(counting=True))
         layout = workdir / "image"
         image = random_image(layout, [size])
-        for name, started in registries(endpoint, workdir, args.equal_parts):
-            with started as registry:
-                results[name] = measure(endpoint, registry, layout, workdir)
-            empty_bucket(endpoint, registry.bucket)
+        for name, start in registries(endpoint, workdir, args.equal_parts):
+            results[name] = measure(endpoint, start, layout, workdir)
     report(results, size, image, args.equal_parts)
 
 

@@ -249,12 +249,12 @@ def attribution(results: dict[str, Result]) -> None:
                 cells.append(f"n={count}: {total}" + (f" ({by_operation(calls)})" if total else ""))
             print(f"| {step} | {label} | " + " | ".join(cells) + " |")
     for name in names:
-        for step_name, step in results[name].steps.items():
-            attributed = sum(sum(served.calls.values()) for served in step.by_request)
-            if attributed != registry_requests(step.ops):
+        for step_name, measured in results[name].steps.items():
+            attributed = sum(sum(served.calls.values()) for served in measured.by_request)
+            if attributed != registry_requests(measured.ops):
                 print(
                     f"\nWARNING: {name}, {step_name}: {attributed} S3 calls attributed, "
-                    f"{registry_requests(step.ops)} seen by S3 (retries?)"
+                    f"{registry_requests(measured.ops)} seen by S3 (retries?)"
                 )
 
 

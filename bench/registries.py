@@ -93,12 +93,12 @@ def s3blobs_in_process(endpoint: str, equal_parts: bool) -> Iterator[Registry]:
 
 @contextlib.contextmanager
 def s3blobs_process(
-    endpoint: str, workdir: Path, *, workers: int, env: dict[str, str]
+    endpoint: str, workdir: Path, *, workers: int, env: dict[str, str], bucket: str = ""
 ) -> Iterator[Registry]:
     """``python -m s3blobs serve`` (gunicorn, gthread workers) of this checkout, on the
-    counting S3 server ``endpoint``."""
+    counting S3 server ``endpoint``; on ``bucket``, or on a new one."""
     port = free_port()
-    bucket = new_bucket(endpoint)
+    bucket = bucket or new_bucket(endpoint)
     server_counts(endpoint, reset=True)
     environ = {
         **os.environ,
@@ -144,13 +144,15 @@ def _wait_for_workers(endpoint: str, proc: subprocess.Popen[bytes], workers: int
 
 
 @contextlib.contextmanager
-def go_registry(endpoint: str, workdir: Path, *, redirect: bool = True) -> Iterator[Registry]:
+def go_registry(
+    endpoint: str, workdir: Path, *, redirect: bool = True, bucket: str = ""
+) -> Iterator[Registry]:
     """distribution 2.8.2 with its S3 driver: in-memory blob descriptor cache, the
     default 10 MiB chunks, blob GETs redirected to S3 (as s3blobs does) unless told.
     Its upload purger is off: it starts at a random minute of the first hour and would
-    add a walk of the bucket to whichever step it fell in."""
+    add a walk of the bucket to whichever step it fell in. On ``bucket``, or a new one."""
     port = free_port()
-    bucket = new_bucket(endpoint)
+    bucket = bucket or new_bucket(endpoint)
     config = workdir / f"go-registry-{port}.yml"
     config.write_text(
         GO_CONFIG.format(
