@@ -1,5 +1,5 @@
 """Concurrency benchmark: 8 skopeo clients at once push 8 different images (3 gzip
-layers each, tens of MiB), then 8 at once pull them back, through s3blobs
+layers each, tens of MiB), then 8 at once pull them back (twice), through s3blobs
 (``python -m s3blobs serve --workers 4``: gunicorn, 4 gthread workers x 16 threads) and
 through the Go registry 2.8.2.
 
@@ -86,19 +86,23 @@ def measure(
         for i, layout in enumerate(layouts)
     ]
     pulled = workdir / f"pulled-{address.replace(':', '-')}"
-    pulls = [
-        [*skopeo, "--src-tls-verify=false", f"docker://{address}/c/{i}:v1", f"oci:{pulled}-{i}:v1"]
-        for i in range(len(layouts))
-    ]
+    pulled.mkdir()
+
+    def pulls(round_: int) -> list[list[str]]:  # a new directory each round: nothing reused
+        source = [f"docker://{address}/c/{i}:v1" for i in range(len(layouts))]
+        return [
+            [*skopeo, "--src-tls-verify=false", image, f"oci:{pulled}/{round_}-{i}:v1"]
+            for i, image in enumerate(source)
+        ]
+
     phases = {}
-    for phase, commands in (("push", pushes), ("pull", pulls)):
+    for phase, commands in (("push", pushes), ("pull", pulls(1)), ("pull again", pulls(2))):
         quiet_counts(endpoint)
         take()
         seconds, each = run_clients(commands)
         counts = quiet_counts(endpoint)
         phases[phase] = Phase(seconds, each, take(), counts["ops"])
-    for i in range(len(layouts)):
-        shutil.rmtree(f"{pulled}-{i}")
+    shutil.rmtree(pulled)
     return phases
 
 
