@@ -1,9 +1,10 @@
 """Concurrency benchmark: 8 skopeo clients at once push 8 different images (3 gzip
 layers each, tens of MiB), then 8 at once pull them back (twice), through s3blobs
-(``python -m s3blobs serve --workers 4``: gunicorn, 4 gthread workers x 16 threads) and
-through the Go registry 2.8.2.
+(``python -m s3blobs serve --workers 4``: gunicorn, 4 gthread workers x 16 threads;
+each worker with its own caches, the default, and then with one Redis for all
+workers, ``S3BLOBS_CACHE=redis://...``) and through the Go registry 2.8.2.
 
-    python -m bench.bench_concurrent [--clients 8] [--layers 2,8,24]
+    python -m bench.bench_concurrent [--clients 8] [--layers 2,8,24] [--no-redis]
 
 Throughput is the bytes of all images over the wall time of the phase (first client
 started to last client done). Per-request latency is measured at the registry by a
@@ -32,7 +33,13 @@ from pathlib import Path
 from bench.clients import SKOPEO_TIMEOUT, by_operation, quiet_counts, registry_requests
 from bench.images import random_image
 from bench.proxy import LoggedRequest, timing_proxy
-from bench.registries import Registry, go_registry, require_tools, s3blobs_process
+from bench.registries import (
+    Registry,
+    go_registry,
+    redis_server,
+    require_tools,
+    s3blobs_process,
+)
 from bench.support import MiB, moto_server
 
 COMMAND = "python -m bench.bench_concurrent"
@@ -114,17 +121,20 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def registries(
-    endpoint: str, workdir: Path, equal_parts: bool
+    endpoint: str, workdir: Path, equal_parts: bool, redis_url: str
 ) -> Iterator[tuple[str, AbstractContextManager[Registry]]]:
+    env = {"S3BLOBS_EQUAL_PARTS": str(equal_parts).lower()}
     yield (
         f"s3blobs ({WORKERS} workers)",
-        s3blobs_process(
-            endpoint,
-            workdir,
-            workers=WORKERS,
-            env={"S3BLOBS_EQUAL_PARTS": str(equal_parts).lower()},
-        ),
+        s3blobs_process(endpoint, workdir, workers=WORKERS, env=env),
     )
+    if redis_url:
+        yield (
+            f"s3blobs ({WORKERS} workers, S3BLOBS_CACHE=redis)",
+            s3blobs_process(
+                endpoint, workdir, workers=WORKERS, env={**env, "S3BLOBS_CACHE": redis_url}
+            ),
+        )
     yield "distribution 2.8.2", go_registry(endpoint, workdir)
 
 
@@ -134,17 +144,19 @@ def report(
     layer_sizes: list[int],
     total: int,
     equal_parts: bool,
+    redis: bool,
 ) -> None:
     layers = ",".join(str(s // MiB) for s in layer_sizes)
     flags = f" --clients {clients} --layers {layers}" + (" --equal-parts" if equal_parts else "")
+    flags += "" if redis else " --no-redis"
     print(f"```sh\n{COMMAND}{flags}\n```\n")
     print(
         f"{clients} clients at once, each its own image of gzip layers of {layers} MiB "
         f"({total / clients / MiB:.1f} MiB; {total / MiB:.0f} MiB in all). s3blobs: "
         f"`s3blobs serve --workers {WORKERS}` (gthread, 16 threads each), 16 MiB parts, "
         f"S3BLOBS_EQUAL_PARTS={str(equal_parts).lower()}; distribution: defaults, 10 MiB "
-        "chunks. Latency at the registry (nginx's upstream time), every request of the "
-        "phase.\n"
+        "chunks, in-memory blob descriptor cache. Both redirect blob GETs to S3. Latency "
+        "at the registry (nginx's upstream time), every request of the phase.\n"
     )
     print(
         "| registry | phase | wall s | MB/s (all clients) | client s (median / max) "
@@ -216,14 +228,22 @@ def main() -> None:
         action="store_true",
         help="s3blobs with S3BLOBS_EQUAL_PARTS=true (default: false, as on AWS)",
     )
+    parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="leave out the run of s3blobs with its caches in one Redis for all workers",
+    )
     args = parser.parse_args()
-    require_tools("skopeo", "docker-registry", "nginx")
+    require_tools(
+        "skopeo", "docker-registry", "nginx", *(() if args.no_redis else ("redis-server",))
+    )
     layer_sizes = [int(s) * MiB for s in args.layers.split(",")]
     results: dict[str, dict[str, Phase]] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         endpoint = stack.enter_context(moto_server(counting=True))
-        for name, started in registries(endpoint, workdir, args.equal_parts):
+        redis_url = "" if args.no_redis else stack.enter_context(redis_server())
+        for name, started in registries(endpoint, workdir, args.equal_parts, redis_url):
             # new images for each registry: skopeo's blob-info cache must not know them
             layouts = [workdir / f"image-{len(results)}-{i}" for i in range(args.clients)]
             total = sum(random_image(layout, layer_sizes) for layout in layouts)
@@ -231,7 +251,7 @@ def main() -> None:
                 results[name] = measure(endpoint, proxy.address, layouts, workdir, proxy.take)
             for layout in layouts:
                 shutil.rmtree(layout)
-    report(results, args.clients, layer_sizes, total, args.equal_parts)
+    report(results, args.clients, layer_sizes, total, args.equal_parts, not args.no_redis)
 
 
 if __name__ == "__main__":
