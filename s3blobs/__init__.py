@@ -23,6 +23,7 @@ from .errors import (
     RepositoryNameInvalid,
     StorageError,
     StorageThrottled,
+    UploadBufferFull,
 )
 from .hashing import ResumableHash
 from .names import parse_reference, validate_repository_name
@@ -59,6 +60,7 @@ __all__ = [
     "S3BlobWriter",
     "StorageError",
     "StorageThrottled",
+    "UploadBufferFull",
     "parse_digest",
     "parse_reference",
     "validate_repository_name",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import ConfigError
@@ -19,6 +19,7 @@ GiB = 1024 * MiB
 #: S3's limits on the size of one part of a multipart upload.
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
+DEFAULT_MAX_BUFFER = 512 * MiB
 
 STORAGE_CLASSES = frozenset(
     {
@@ -50,6 +51,8 @@ class Config:
     prefix: str = ""
     part_size: int = 16 * MiB
     max_concurrency: int = 4
+    max_buffer: int = 0  # 0: 512 MiB, or what one writer may hold when that is more
+    equal_parts: bool | None = None  # None: equal on custom endpoints, unequal on AWS
     redirect: bool = True
     presign_expiry: int = 20 * 60
     storage_class: str | None = None
@@ -58,6 +61,8 @@ class Config:
     addressing_style: str = "auto"
     cache_size: int = 10_000
     cache_ttl: float = 60.0
+    #: ``memory``, or a ``redis://`` / ``rediss://`` URL (out of repr: it may hold a password).
+    cache: str = field(default="memory", repr=False)
     #: The grace period of garbage collection, seconds: the default of ``s3blobs gc
     #: --grace``, and twice the age at which the registry refreshes a link it confirms.
     gc_grace: float = 3600.0
@@ -88,6 +93,8 @@ class Config:
             "prefix": get("PREFIX", _text, ""),
             "part_size": get("PART_SIZE", _size, cls.part_size),
             "max_concurrency": get("MAX_CONCURRENCY", _int, cls.max_concurrency),
+            "max_buffer": get("MAX_BUFFER", _size, cls.max_buffer),
+            "equal_parts": get("EQUAL_PARTS", _auto_bool, None),
             "redirect": get("REDIRECT", _bool, cls.redirect),
             "presign_expiry": get("PRESIGN_EXPIRY", _int, cls.presign_expiry),
             "storage_class": get("STORAGE_CLASS", _text, None),
@@ -96,6 +103,7 @@ class Config:
             "addressing_style": get("ADDRESSING_STYLE", _text, cls.addressing_style),
             "cache_size": get("CACHE_SIZE", _int, cls.cache_size),
             "cache_ttl": get("CACHE_TTL", _float, cls.cache_ttl),
+            "cache": get("CACHE", _text, "memory"),
             "gc_grace": get("GC_GRACE", _duration, cls.gc_grace),
         }
         values.update(overrides)
@@ -105,6 +113,32 @@ class Config:
     def key_prefix(self) -> str:
         """The prefix as it stands before every key: empty, or ending in one '/'."""
         return f"{self.prefix}/" if self.prefix else ""
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: for logs and error messages.
+
+    Everything between the scheme and the last '@' is user information, so a
+    password holding an unescaped '@' or '/' is hidden too.
+    """
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return url if separator or "@" not in url else "***"
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def _check_cache(value: str) -> None:
+    if value == "memory":
+        return
+    match = re.fullmatch(
+        r"(rediss?)://(?:[^@]*@)?([^/:?#@]+|\[[0-9a-fA-F:]+\])(:\d+)?(/\d*)?(\?.*)?", value
+    )
+    if not match:
+        raise ConfigError(
+            f"S3BLOBS_CACHE={redacted_url(value)}: expected memory, or "
+            "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"
+        )
 
 
 def _text(name: str, raw: str) -> str:
@@ -174,6 +208,15 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected true or false")
 
 
+def _auto_bool(name: str, raw: str) -> bool | None:
+    if raw.lower() == "auto":
+        return None
+    try:
+        return _bool(name, raw)
+    except ConfigError:
+        raise ConfigError(f"{name}={raw!r}: expected true, false or auto") from None
+
+
 def _sse(name: str, raw: str) -> str | None:
     if raw.lower() not in SSE_MODES:
         raise ConfigError(f"{name}={raw!r}: expected none, AES256 or aws:kms")
@@ -205,6 +248,22 @@ def _check(config: Config) -> None:
         )
     if not 1 <= config.max_concurrency <= 64:
         raise ConfigError(f"S3BLOBS_MAX_CONCURRENCY={config.max_concurrency}: expected 1 to 64")
+    if config.equal_parts is None:
+        # AWS S3 takes parts of any size from 5 MiB; some S3-compatible stores
+        # (Cloudflare R2) insist on equal parts, so a custom endpoint gets them unless
+        # told otherwise.
+        host = re.sub(r"^https?://", "", config.endpoint_url or "").split("/")[0].split(":")[0]
+        on_aws = not config.endpoint_url or host.endswith(".amazonaws.com")
+        object.__setattr__(config, "equal_parts", not on_aws)
+    if not config.max_buffer:
+        # one writer: the part filling, the part held back, the parts in flight
+        one_writer = config.part_size * (config.max_concurrency + 2)
+        object.__setattr__(config, "max_buffer", max(DEFAULT_MAX_BUFFER, one_writer))
+    if config.max_buffer < config.part_size:
+        raise ConfigError(
+            f"S3BLOBS_MAX_BUFFER={config.max_buffer}: must hold at least one part "
+            f"(S3BLOBS_PART_SIZE={config.part_size})"
+        )
     if not 1 <= config.presign_expiry <= 7 * 24 * 3600:
         raise ConfigError(
             f"S3BLOBS_PRESIGN_EXPIRY={config.presign_expiry}: expected 1 to 604800 seconds "
@@ -227,6 +286,7 @@ def _check(config: Config) -> None:
         raise ConfigError(f"S3BLOBS_CACHE_SIZE={config.cache_size}: expected 0 (off) or more")
     if config.cache_ttl <= 0:
         raise ConfigError(f"S3BLOBS_CACHE_TTL={config.cache_ttl}: expected seconds > 0")
+    _check_cache(config.cache)
     if config.gc_grace < config.cache_ttl:
         raise ConfigError(
             f"S3BLOBS_GC_GRACE={config.gc_grace:g}s is below S3BLOBS_CACHE_TTL="

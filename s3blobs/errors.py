@@ -74,6 +74,10 @@ class StorageThrottled(StorageError):
     """S3 kept answering SlowDown / 503 after botocore's retries."""
 
 
+class UploadBufferFull(StorageThrottled):
+    """The process holds as many upload bytes as S3BLOBS_MAX_BUFFER allows: retry later."""
+
+
 class BlobBeingCollected(StorageThrottled):
     """A running garbage collection is deleting this blob: retry once it is done."""
 

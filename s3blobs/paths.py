@@ -105,7 +105,7 @@ class Paths:
     # Repositories ------------------------------------------------------------
 
     def repository(self, name: str) -> str:
-        return f"{self.root}repositories/{name}/"
+        return f"{self.repositories_root}{name}/"
 
     def layers_root(self, name: str) -> str:
         return f"{self.repository(name)}_layers/"

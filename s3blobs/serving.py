@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response
 
 from .config import Config
 from .descriptor import Descriptor
+from .errors import BlobUnknown
 from .s3 import s3_errors
 from .store import Location
 
@@ -91,14 +92,18 @@ def _stream(
     headers["Content-Length"] = str(stop - start)
     if stop == start:
         return Response(b"", status=status, headers=headers)
-    body = _read(client, config.bucket, location.key, start, stop)
+    # The object is opened before the status line goes out, so that S3 trouble still
+    # becomes a JSON 503; once bytes flow, a failure can only cut the body short.
+    key = location.key
+    with s3_errors(f"reading {key}", not_found=lambda: BlobUnknown(descriptor.digest)):
+        response = client.get_object(
+            Bucket=config.bucket, Key=key, Range=f"bytes={start}-{stop - 1}"
+        )
+    body = _chunks(response["Body"], key)
     return Response(body, status=status, headers=headers, direct_passthrough=True)
 
 
-def _read(client: Any, bucket: str, key: str, start: int, stop: int) -> Iterator[bytes]:
-    with s3_errors(f"reading {key}"):
-        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
-    body = response["Body"]
+def _chunks(body: Any, key: str) -> Iterator[bytes]:
     try:
         with s3_errors(f"reading {key}"):
             yield from body.iter_chunks(STREAM_CHUNK)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .cache import DescriptorCacheFactory
+from .cache_backend import caches_from_config
+from .caches import ValueCache
 from .config import Config
 from .descriptors import (
     BlobDescriptorService,
@@ -21,7 +22,7 @@ from .fence import SweepFence
 from .paths import Paths
 from .repository import GlobalBlobStore, RepositoryBlobStore
 from .s3 import error_code, make_client, storage_error
-from .store import BlobEntries
+from .store import BlobEntries, Location
 from .uploads import UploadStore
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ class S3BlobStorage:
     ``descriptor_service_factory`` wraps every descriptor service (global and per
     repository): pass a :class:`DescriptorCacheFactory`, or any object with a
     ``blob_access_controller(service)`` method; stack several by wrapping one in
-    another. The bucket is checked once here (one HeadBucket, and a GetObject of gc's
-    fence: see s3blobs.fence) unless ``check_bucket=False``.
+    another. ``location_cache`` remembers where each blob's bytes are (this
+    process's memory by default). The bucket is checked once here (one HeadBucket,
+    and a GetObject of gc's fence: see s3blobs.fence) unless ``check_bucket=False``.
     """
 
     def __init__(
@@ -46,12 +48,13 @@ class S3BlobStorage:
         *,
         client: Any = None,
         check_bucket: bool = True,
+        location_cache: ValueCache[Location] | None = None,
     ) -> None:
         self.config = config
         self.client = client if client is not None else make_client(config)
         self.paths = Paths(config.prefix)
         self.descriptor_service_factory = descriptor_service_factory
-        self._entries = BlobEntries(self.client, config, self.paths)
+        self._entries = BlobEntries(self.client, config, self.paths, location_cache)
         self._uploads = UploadStore(self.client, config, self.paths)
         # What lets gc run while the registry serves (see s3blobs.gc).
         self.fence = SweepFence(self.client, config.bucket, self.paths)
@@ -63,15 +66,12 @@ class S3BlobStorage:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> S3BlobStorage:
-        """Configure from ``S3BLOBS_*``, with the descriptor cache that
-        ``S3BLOBS_CACHE_SIZE`` (0: off) and ``S3BLOBS_CACHE_TTL`` describe."""
+        """Configure from ``S3BLOBS_*``, with the descriptor and location caches that
+        ``S3BLOBS_CACHE`` (memory or Redis), ``S3BLOBS_CACHE_SIZE`` (0: no descriptor
+        cache) and ``S3BLOBS_CACHE_TTL`` describe."""
         config = Config.from_env(environ)
-        factory = (
-            DescriptorCacheFactory(maxsize=config.cache_size, ttl=config.cache_ttl)
-            if config.cache_size
-            else None
-        )
-        return cls(config, factory, **kwargs)
+        caches = caches_from_config(config)
+        return cls(config, caches.descriptors, location_cache=caches.locations, **kwargs)
 
     def repository(self, name: str) -> RepositoryBlobStore:
         """The store of repository ``name`` (RepositoryNameInvalid outside the OCI grammar)."""

@@ -8,13 +8,12 @@ stay where the multipart upload wrote them, and no step ever copies them.
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import LRUCache
-
+from .buffers import ChunkReader
+from .caches import MemoryCache, ValueCache
 from .config import Config
 from .descriptor import Descriptor
 from .digests import Digest, parse_digest
@@ -39,17 +38,23 @@ class Location:
 class BlobEntries:
     """Reads and writes entries; the one class that knows what an entry looks like."""
 
-    def __init__(self, client: Any, config: Config, paths: Paths) -> None:
+    def __init__(
+        self,
+        client: Any,
+        config: Config,
+        paths: Paths,
+        locations: ValueCache[Location] | None = None,
+    ) -> None:
         self.client = client
         self.config = config
         self.bucket = config.bucket
         self.paths = paths
         # digest -> Location. Blobs are immutable, so only a delete makes one stale:
-        # deletes in this process forget it, and every HeadObject of the entry (each
-        # descriptor-cache miss) refreshes it, so a blob deleted and pushed again by
-        # another process is followed within the descriptor cache's TTL.
-        self._locations: LRUCache[str, Location] = LRUCache(maxsize=10_000)
-        self._lock = threading.Lock()
+        # deletes forget it (in every process, with a shared cache), and every
+        # HeadObject of the entry (each descriptor-cache miss) refreshes it, so a blob
+        # deleted and pushed again by a process with its own cache is followed within
+        # the descriptor cache's TTL.
+        self._locations = locations if locations is not None else MemoryCache(10_000)
 
     # Reads ---------------------------------------------------------------------
 
@@ -64,15 +69,13 @@ class BlobEntries:
         return self.head(digest)[0]
 
     def locate(self, digest: Digest) -> Location:
-        """Where the bytes are: from memory when known, else one HeadObject."""
-        with self._lock:
-            location = self._locations.get(str(digest))
+        """Where the bytes are: from the location cache when known, else one HeadObject."""
+        location = self._locations.get(str(digest))
         return location if location is not None else self.head(digest)[1]
 
     def get(self, digest: Digest) -> bytes:
         """The blob's bytes: one GET for a small blob (or a known large one), two otherwise."""
-        with self._lock:
-            location = self._locations.get(str(digest))
+        location = self._locations.get(str(digest))
         key = location.key if location else self.paths.blob(digest)
         response = self._get_object(digest, key)
         if location is None and DATA_META in response.get("Metadata", {}):
@@ -110,10 +113,12 @@ class BlobEntries:
 
     # Writes --------------------------------------------------------------------
 
-    def put_small(self, digest: Digest, media_type: str, data: bytes) -> Descriptor:
+    def put_small(self, digest: Digest, media_type: str, data: bytes | ChunkReader) -> Descriptor:
         """Store ``data`` at its entry: one conditional PutObject that S3 checksums.
 
-        When the entry is already there the existing descriptor is returned.
+        When the entry is already there (content-addressed: the same bytes, written by
+        an earlier request or by our own write whose answer was lost) its descriptor
+        is returned.
         """
         args: dict[str, Any] = {}
         if digest.algorithm == "sha256":
@@ -125,19 +130,31 @@ class BlobEntries:
 
     def put_pointer(
         self, digest: Digest, media_type: str, data_key: str, size: int
-    ) -> Descriptor | None:
-        """Write the entry of a blob whose bytes are at ``data_key``.
+    ) -> tuple[Descriptor, bool]:
+        """Write the entry of a blob whose bytes are at ``data_key``; returns the
+        entry's descriptor and whether the entry names ``data_key``.
 
-        Returns None when another commit created the entry first: the caller then
-        owns ``data_key`` and must delete it.
+        An entry that is already there is read and compared: naming ``data_key`` it is
+        this upload's own (a retried request, or a write whose answer was lost);
+        naming another object, an earlier commit stored the content, and only then
+        may the caller delete ``data_key``.
         """
-        return self._create_entry(
-            digest,
-            Body=b"",
-            ContentType=media_type or DEFAULT_MEDIA_TYPE,
-            Metadata={DATA_META: self.paths.data_name(data_key), SIZE_META: str(size)},
-            size=size,
-        )
+        for _ in range(3):
+            created = self._create_entry(
+                digest,
+                Body=b"",
+                ContentType=media_type or DEFAULT_MEDIA_TYPE,
+                Metadata={DATA_META: self.paths.data_name(data_key), SIZE_META: str(size)},
+                size=size,
+            )
+            if created is not None:
+                return created, True
+            try:
+                descriptor, location = self.head(digest)
+            except BlobUnknown:  # deleted between the two requests: try again
+                continue
+            return descriptor, location.key == data_key
+        raise BlobUnknown(f"{digest}: the entry kept appearing and disappearing")
 
     def delete(self, digest: Digest) -> None:
         """Remove the entry, then the data it names; BlobUnknown if there is no entry."""
@@ -149,8 +166,7 @@ class BlobEntries:
                 self.client.delete_object(Bucket=self.bucket, Key=location.key)
 
     def forget(self, digest: Digest) -> None:
-        with self._lock:
-            self._locations.pop(str(digest), None)
+        self._locations.discard(str(digest))
 
     # Helpers -------------------------------------------------------------------
 
@@ -169,14 +185,13 @@ class BlobEntries:
                 )
         except BlobExists:
             return None
-        body_size = len(args["Body"])
+        body_size = len(args["Body"])  # bytes, or a ChunkReader
         descriptor = Descriptor(
             args["ContentType"], body_size if size is None else size, str(digest)
         )
         data = args.get("Metadata", {}).get(DATA_META)
         location = Location(self.paths.data(data) if data else key, descriptor.size)
-        with self._lock:
-            self._locations[str(digest)] = location
+        self._locations.put(str(digest), location)
         return descriptor
 
     def _get_object(self, digest: Digest, key: str) -> dict[str, Any]:
@@ -194,7 +209,6 @@ class BlobEntries:
         else:
             size = int(response["ContentLength"])
             location = Location(key, size)
-        with self._lock:
-            self._locations[str(digest)] = location
+        self._locations.put(str(digest), location)
         media_type = response.get("ContentType") or DEFAULT_MEDIA_TYPE
         return Descriptor(media_type, size, str(digest)), location

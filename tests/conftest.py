@@ -126,7 +126,8 @@ def s3(aws: None) -> Any:
 
 @pytest.fixture
 def config(s3: Any) -> Config:
-    return Config(bucket=BUCKET, part_size=PART, max_concurrency=2, cache_size=0)
+    # Equal parts, as on a custom endpoint: test_push_path.py covers unequal parts.
+    return Config(bucket=BUCKET, part_size=PART, max_concurrency=2, cache_size=0, equal_parts=True)
 
 
 @pytest.fixture

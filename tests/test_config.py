@@ -108,6 +108,17 @@ def test_booleans_and_sizes() -> None:
     assert Config.from_env({**BASE, "S3BLOBS_PART_SIZE": "1GiB"}).part_size == 1024 * MiB
 
 
+def test_upload_buffer_budget() -> None:
+    assert Config.from_env(BASE).max_buffer == 512 * MiB
+    assert Config.from_env({**BASE, "S3BLOBS_MAX_BUFFER": "64MiB"}).max_buffer == 64 * MiB
+    # by default, at least what one writer may hold: a part filling, one held back,
+    # and the parts in flight
+    big = Config.from_env({**BASE, "S3BLOBS_PART_SIZE": "1GiB", "S3BLOBS_MAX_CONCURRENCY": "2"})
+    assert big.max_buffer == 4 * 1024 * MiB
+    with pytest.raises(ConfigError, match="S3BLOBS_MAX_BUFFER"):
+        Config.from_env({**BASE, "S3BLOBS_MAX_BUFFER": "4MiB"})
+
+
 def test_credentials_never_appear(
     s3: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -61,3 +61,20 @@ def test_stale_uploads_and_lost_multipart_uploads_go(s3: Any) -> None:
     data = b"still being pushed, and done"
     assert writer.commit(Descriptor("x/y", len(data), digest_of(data))).digest == digest_of(data)
     assert repo.get(digest_of(data)) == data
+
+
+def test_an_open_upload_keeps_the_entry_it_saved_its_bytes_in(s3: Any) -> None:
+    storage = S3BlobStorage(gc_config(BUCKET))
+    repo = storage.repository("team/app")
+    writer = repo.create()
+    data = b"a whole short blob, saved by close() as its own entry"
+    writer.write(data)
+    writer.close()  # nothing links that entry until the commit
+    time.sleep(2.2)
+
+    report = storage.collect_garbage(settle=0, progress=False)
+
+    assert report.deleted["blobs"].count == 0
+    resumed = repo.resume(writer.id)
+    assert resumed.commit(Descriptor("x/y", len(data), digest_of(data))).digest == digest_of(data)
+    assert repo.get(digest_of(data)) == data

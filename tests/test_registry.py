@@ -395,3 +395,68 @@ def test_content_length_must_match_content_range(client: Client) -> None:
     response = client.patch(location, data=b"x" * 10, headers={"Content-Range": "0-19"})
     assert response.status_code == 400 and error_code(response) == "BLOB_UPLOAD_INVALID"
     assert client.get(location).headers["Range"] == "0-0"  # nothing was taken
+
+
+def test_streamed_blob_s3_failure_is_json_503_before_any_byte(config: Config) -> None:
+    storage = S3BlobStorage(Config(**{**config.__dict__, "redirect": False}))
+    client = Client(RegistryApp(storage))
+    digest = push(client, "monolithic", b"streamed bytes", "sha256")
+
+    def broken(**_: Any) -> Any:
+        return s3_error(500, "InternalError")
+
+    storage.client.meta.events.register_first("before-send.s3.GetObject", broken)
+    response = client.get(f"/v2/conf/app/blobs/{digest}")
+    assert response.status_code == 503
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Retry-After"]
+    assert error_code(response) == "UNAVAILABLE"
+
+
+def test_storage_errors_name_no_internals(config: Config) -> None:
+    storage = S3BlobStorage(config)
+    client = Client(RegistryApp(storage))
+
+    def broken(**_: Any) -> Any:
+        return s3_error(500, "InternalError")
+
+    storage.client.meta.events.register_first("before-send.s3.CreateMultipartUpload", broken)
+    response = client.post("/v2/conf/app/blobs/uploads/", headers={"X-Request-Id": "req-42"})
+    assert response.status_code == 503
+    assert response.headers["X-Request-Id"] == "req-42"
+    body = response.get_data(as_text=True)
+    assert json.loads(body)["errors"][0]["detail"] == {"requestId": "req-42"}
+    for internal in (config.bucket, "data/", "_uploads", "amazonaws", "InternalError"):
+        assert internal not in body
+
+
+def test_request_ids_are_made_when_missing_or_malformed(client: Client) -> None:
+    made = client.get("/v2/").headers["X-Request-Id"]
+    assert len(made) == 32
+    replaced = client.get("/v2/", environ_overrides={"HTTP_X_REQUEST_ID": "<script>"})
+    assert replaced.headers["X-Request-Id"] not in ("<script>", "")
+
+
+def test_a_sealed_upload_refuses_more_bytes_and_a_retried_put_finishes(
+    config: Config,
+) -> None:
+    storage = S3BlobStorage(config)
+    client = Client(RegistryApp(storage))
+    data = os.urandom(PART + 10)
+    location = start(client)
+    patched = client.patch(location, data=data)
+    assert patched.status_code == 202
+
+    def broken(request: Any, **_: Any) -> Any:
+        return s3_error(500, "InternalError") if "/_layers/" in request.url else None
+
+    storage.client.meta.events.register_first("before-send.s3.PutObject", broken)
+    failed = client.put(location, query_string={"digest": digest_of(data)})
+    assert failed.status_code == 503
+    storage.client.meta.events.unregister("before-send.s3.PutObject", broken)
+    more = client.patch(location, data=b"late bytes")
+    assert more.status_code == 409 and error_code(more) == "BLOB_UPLOAD_INVALID"
+    # the client retries its PUT, body and all: the body is not appended again
+    done = client.put(location, query_string={"digest": digest_of(data)}, data=b"")
+    assert done.status_code == 201, done.data
+    assert storage.blobs.get(digest_of(data)) == data

@@ -298,7 +298,7 @@ def test_small_blob_commit_is_one_put_of_the_entry(repo: Any, storage: S3BlobSto
     calls = S3Calls(storage.client)
     writer.commit(desc(b"small"))
     assert calls.by_op() == {
-        "PutObject": 2,  # the entry (with its bytes) and the link
+        "PutObject": 3,  # the entry (with its bytes), the sealed state, and the link
         "AbortMultipartUpload": 1,
         "DeleteObjects": 1,  # the upload's state
     }
@@ -405,15 +405,35 @@ def test_two_writers_on_one_id_only_one_wins(repo: Any) -> None:
     assert repo.get(survivor.commit(desc(b"base-first")).digest) == b"base-first"
 
 
-def test_two_writers_uploading_parts(repo: Any) -> None:
+def test_a_stray_writer_that_overwrote_a_part_is_caught_at_commit(repo: Any) -> None:
+    writer = repo.create()
+    writer.close()
+    data, other = os.urandom(PART + 10), os.urandom(PART + 10)
+    first, second = repo.resume(writer.id), repo.resume(writer.id)
+    first.write(data)
+    first.close()  # acknowledged: the state names first's part 1
+    second.write(other)  # no lease stops it: part 1 now holds other bytes
+    with pytest.raises(BlobUploadConflict):
+        second.close()  # second's bytes are not acknowledged
+    # S3 refuses a part whose ETag differs from the one the state recorded, so the
+    # commit fails clearly instead of storing a blob unlike its digest.
+    with pytest.raises(BlobUploadConflict, match="overwritten"):
+        repo.resume(writer.id).commit(desc(data))
+    with pytest.raises(BlobUnknown):
+        repo.stat(desc(data).digest)
+
+
+def test_a_duplicate_writer_with_the_same_bytes_carries_on(repo: Any) -> None:
+    """A client's retried PATCH carries the bytes it sent before: both answers agree."""
     writer = repo.create()
     writer.close()
     data = os.urandom(PART + 10)
     first, second = repo.resume(writer.id), repo.resume(writer.id)
-    first.write(data)  # claims the upload for its part
-    with pytest.raises(BlobUploadConflict):
-        second.write(os.urandom(PART + 10))
+    first.write(data)
     first.close()
+    second.write(data)  # the same part again, with the same bytes: the same ETag
+    second.close()  # finds first's state holding the same bytes, and carries on
+    assert repo.resume(writer.id).size == len(data)
     assert repo.get(repo.resume(writer.id).commit(desc(data)).digest) == data
 
 

@@ -8,6 +8,7 @@ blob linked into 500 repositories costs one number, not 500 keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import string
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BlobUploadUnknown
 from ..paths import RepositoryKey
 from ..s3 import s3_errors
 from ..uploads import UploadState, upload_id_of
@@ -71,6 +73,8 @@ class Inventory:
     multipart: list[MultipartUpload] = field(default_factory=list)
     #: data keys of open uploads, from their states; None when a state could not tell
     upload_data_keys: set[str] | None = field(default_factory=set)
+    #: entries open uploads saved their bytes in (kept while the upload lives)
+    upload_entries: set[str] = field(default_factory=set)
 
 
 def list_uploads(ctx: GcContext, inventory: Inventory) -> None:
@@ -111,35 +115,66 @@ def list_uploads(ctx: GcContext, inventory: Inventory) -> None:
 def _read_states(ctx: GcContext, inventory: Inventory) -> None:
     open_multipart = {upload.upload_id: upload.key for upload in inventory.multipart}
     states = [(token, u.state_key) for token, u in inventory.uploads.items() if u.state_key]
-
-    def data_key(item: tuple[str, str]) -> str | None:
-        token, key = item
-        try:
-            with s3_errors("reading an upload state", not_found=_Gone):
-                raw = ctx.client.get_object(Bucket=ctx.bucket, Key=key)["Body"].read()
-        except _Gone:  # finished since the listing: its entry is written by now
-            return ""
-        try:
-            return UploadState.from_json(raw).data_key
-        except (ValueError, KeyError, TypeError):
-            pass
-        try:  # a state of another version of the writer: its data key, if it says
-            found = json.loads(raw).get("data_key")
-            if isinstance(found, str):
-                return found
-        except (ValueError, AttributeError):
-            pass
-        try:  # or the open multipart upload whose id the writer id carries
-            return open_multipart.get(upload_id_of(token))
-        except Exception:
-            return None
-
-    keys = ctx.map(data_key, states)
-    if any(key is None for key in keys):
+    facts = ctx.map(lambda item: _state_facts(ctx, *item, open_multipart), states)
+    for _, entries in facts:
+        inventory.upload_entries |= entries
+    if any(data_key is None for data_key, _ in facts):
         ctx.report.warn("an upload state names no data key: orphaned data is not swept")
         inventory.upload_data_keys = None
     else:
-        inventory.upload_data_keys = {key for key in keys if key}
+        inventory.upload_data_keys = {data_key for data_key, _ in facts if data_key}
+
+
+def upload_entries_since(ctx: GcContext, inventory: Inventory) -> set[str]:
+    """The entries named by upload states written since the first listing (a close()
+    may save a short blob as its own entry, unlinked until the commit)."""
+    changed = []
+
+    def on_page(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            token = ctx.paths.upload_token_of(item["Key"])
+            if token is None or item["Key"] != ctx.paths.upload_state(token):
+                continue
+            before = inventory.uploads.get(token)
+            if before is None or item["LastModified"].timestamp() >= before.newest:
+                changed.append((token, item["Key"]))
+
+    ctx.list_prefixes([ctx.paths.uploads_root], on_page, "listing uploads")
+    facts = ctx.map(lambda item: _state_facts(ctx, *item, {}), changed)
+    return {entry for _, entries in facts for entry in entries}
+
+
+def _state_facts(
+    ctx: GcContext, token: str, key: str, open_multipart: dict[str, str]
+) -> tuple[str | None, set[str]]:
+    """What an upload state says gc must keep: its data key (None when it cannot be
+    told; '' for a state gone since the listing) and the entries of its pieces.
+    Only the fields every version of the writer has are relied on."""
+    try:
+        with s3_errors("reading an upload state", not_found=_Gone):
+            raw = ctx.client.get_object(Bucket=ctx.bucket, Key=key)["Body"].read()
+    except _Gone:  # finished since the listing: its entry is written by now
+        return "", set()
+    try:
+        state = UploadState.from_json(raw)
+        return state.data_key, {piece.entry for piece in state.pieces if piece.entry}
+    except (ValueError, KeyError, TypeError):
+        pass
+    data_key: str | None = None
+    entries: set[str] = set()
+    try:  # a state of another version of the writer: what it says, if it says it
+        data = json.loads(raw)
+        if isinstance(data.get("data_key"), str):
+            data_key = data["data_key"]
+        for piece in data.get("pieces") or ():
+            if isinstance(piece, list) and len(piece) > 2 and isinstance(piece[2], str):
+                entries.add(piece[2])
+    except (ValueError, AttributeError, TypeError):
+        pass
+    if data_key is None:  # or the open multipart upload whose id the writer id carries
+        with contextlib.suppress(BlobUploadUnknown):
+            data_key = open_multipart.get(upload_id_of(token))
+    return data_key, {entry for entry in entries if entry}
 
 
 def list_entries(ctx: GcContext, inventory: Inventory) -> None:

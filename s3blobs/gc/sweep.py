@@ -21,7 +21,7 @@ from ..fence import SweepFence
 from ..s3 import s3_errors
 from ..store import DATA_META, SIZE_META
 from .context import GcContext
-from .listing import Inventory, RepositoryListing, list_repositories
+from .listing import Inventory, RepositoryListing, list_repositories, upload_entries_since
 from .mark import Marker
 
 #: Entries of size 0 that are the empty blob itself, not pointers to data.
@@ -64,7 +64,10 @@ def is_pointer(digest: str, size: int) -> bool:
 
 
 def candidates(ctx: GcContext, inventory: Inventory, marked: set[str]) -> set[str]:
+    """What nothing kept needs, old enough, its links too; an entry an open upload
+    keeps its bytes in stays while the upload does."""
     links = inventory.repositories.newest_link
+    marked = marked | inventory.upload_entries
     found = set()
     for digest, entry in inventory.entries.items():
         newest = links.get(digest)
@@ -116,7 +119,8 @@ class Sweeper:
             if lease is not None:
                 time.sleep(max(0.0, self.settle - (time.monotonic() - began)))
             again = list_repositories(ctx, watch=frozenset(doomed), again=True)
-            if self._spare(doomed, untagged, again) and lease is not None:
+            saved = upload_entries_since(ctx, self.inventory) & doomed
+            if self._spare(doomed, untagged, again, saved) and lease is not None:
                 # What came back into use is no longer refused while the rest goes.
                 lease.narrow(sorted(doomed | _digests(untagged)), ctx.run_all)
             self._delete(doomed, untagged, again, lease.ensure if lease is not None else None)
@@ -128,10 +132,14 @@ class Sweeper:
         return is_pointer(digest, self.inventory.entries[digest].size)
 
     def _spare(
-        self, doomed: set[str], untagged: dict[str, set[str]], again: RepositoryListing
+        self,
+        doomed: set[str],
+        untagged: dict[str, set[str]],
+        again: RepositoryListing,
+        saved: set[str],
     ) -> bool:
-        """Drop from ``doomed`` and ``untagged`` what the re-read shows in use; True if
-        anything was."""
+        """Drop from ``doomed`` and ``untagged`` what the re-read shows in use (and the
+        entries ``saved`` by uploads since); True if anything was."""
         ctx = self.ctx
         newly = self.marker.mark_again(again, self.inventory.repositories)
         touched = {
@@ -140,7 +148,7 @@ class Sweeper:
             if digest in again.newest_link
             and not ctx.older(again.newest_link[digest], ctx.link_cutoff)
         }
-        spared = doomed & (newly | touched)
+        spared = doomed & (newly | touched | saved)
         doomed -= spared
         before = _digests(untagged)
         for repository in list(untagged):

@@ -10,23 +10,36 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
+from ..cache_backend import caches_from_config, memory_manifest_cache
+from ..caches import ValueCache
+from ..config import MIN_PART_SIZE, Config
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
-from ..errors import BlobError, BlobInvalidDigest, BlobMounted, BlobUnknown, BlobUploadUnknown
+from ..errors import (
+    BlobError,
+    BlobInvalidDigest,
+    BlobMounted,
+    BlobUnknown,
+    BlobUploadClosed,
+    BlobUploadUnknown,
+)
 from ..names import validate_repository_name
+from ..paths import is_valid_tag
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
 from ..storage import S3BlobStorage
 from ..writer import S3BlobWriter
+from .auth.settings import SecuritySettings
+from .auth.wsgi import Authentication, Authorization
+from .catalog import catalog
 from .context import REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
@@ -36,30 +49,37 @@ from .errors import (
     translate,
     upload_invalid,
 )
-from .manifests import ManifestCache, Manifests
+from .events import Notifier
+from .hardening import SecurityHeaders, WSGIApp
+from .health import HealthCheck, HealthEndpoint
+from .logformat import install_logging
+from .manifests import Manifests
+from .metrics import RegistryMetrics, serve_metrics
+from .pagination import next_link, page_size, page_start
+from .proxies import BehindProxies, trusted_proxies
+from .requestlog import RequestLog
+from .routes import match_route
+from .settings import OperationsSettings
 
 log = logging.getLogger(__name__)
 
-_NAME = r"(?P<name>.+?)"
-ROUTES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"/v2/?"), "base"),
-    (re.compile(rf"/v2/{_NAME}/blobs/uploads/?"), "uploads"),
-    (re.compile(rf"/v2/{_NAME}/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
-    (re.compile(rf"/v2/{_NAME}/blobs/(?P<digest>[^/]+)"), "blob"),
-    (re.compile(rf"/v2/{_NAME}/manifests/(?P<reference>[^/]+)"), "manifest"),
-    (re.compile(rf"/v2/{_NAME}/tags/list"), "tags"),
-    (re.compile(rf"/v2/{_NAME}/referrers/(?P<digest>[^/]+)"), "referrers"),
-]
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+BODY_READ = 256 * 1024
 
 
 class RegistryApp:
     """``RegistryApp(storage)`` is a WSGI application serving the registry API."""
 
-    def __init__(self, storage: S3BlobStorage) -> None:
+    def __init__(
+        self,
+        storage: S3BlobStorage,
+        manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.storage = storage
-        self.manifest_cache = ManifestCache()
+        self.manifest_cache = (
+            manifest_cache if manifest_cache is not None else memory_manifest_cache()
+        )
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -85,18 +105,17 @@ class RegistryApp:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
-        for pattern, route in ROUTES:
-            match = pattern.fullmatch(request.path)
-            if match:
-                params = match.groupdict()
-                if "name" in params:
-                    validate_repository_name(params["name"])
-                handler = getattr(self, f"{route}_{request.method.lower()}", None)
-                if handler is None:
-                    raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
-                result: Response = handler(request, **params)
-                return result
-        raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+        """The handler ``<route>_<method>`` for the methods the route table lists."""
+        matched = match_route(request.environ)
+        if matched is None:
+            raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+        if matched.repository is not None:
+            validate_repository_name(matched.repository)
+        if matched.need(request.method) is None:
+            raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
+        handler = getattr(self, f"{matched.route.name}_{request.method.lower()}")
+        result: Response = handler(request, **matched.params)
+        return result
 
     # /v2/ ------------------------------------------------------------------------------
 
@@ -104,6 +123,9 @@ class RegistryApp:
         return Response(b"{}", content_type="application/json")
 
     base_head = base_get
+
+    def catalog_get(self, request: Request) -> Response:
+        return catalog(self.storage, request)
 
     # Blobs ------------------------------------------------------------------------------
 
@@ -137,7 +159,12 @@ class RegistryApp:
             return self.created(name, mounted.descriptor.digest)
         if digest is None:
             writer.close()
-            return self.accepted(name, writer)
+            response = self.accepted(name, writer)
+            # Chunks shorter than this are kept aside and sent to S3 a second time.
+            config = self.storage.config
+            chunk = MIN_PART_SIZE if not config.equal_parts else config.part_size
+            response.headers["OCI-Chunk-Min-Length"] = str(chunk)
+            return response
         try:
             return self.finish(name, writer, request, digest)
         except Exception:
@@ -146,7 +173,7 @@ class RegistryApp:
 
     def monolithic(self, name: str, request: Request, digest: str, size: int) -> Response:
         """``POST ?digest=`` of up to one part: a put, with no multipart upload at all."""
-        body = get_input_stream(request.environ, max_content_length=None).read(size)
+        body = read_body(request, size)
         if len(body) != size:
             raise upload_invalid("the request body ended early")
         expected = parse_digest(digest)
@@ -163,6 +190,8 @@ class RegistryApp:
 
     def upload_patch(self, request: Request, name: str, upload: str) -> Response:
         writer = self.repo(name).resume(upload)
+        if writer.committing:
+            raise BlobUploadClosed(f"upload {upload[:100]} is being committed")
         self.receive(writer, request, name)
         writer.close()
         return self.accepted(name, writer)
@@ -189,12 +218,21 @@ class RegistryApp:
         return Response(b"", status=204)
 
     def finish(self, name: str, writer: S3BlobWriter, request: Request, digest: str) -> Response:
-        """Take the request's body (the last chunk, or the whole blob) and commit."""
-        self.receive(writer, request, name)
+        """Take the request's body (the last chunk, or the whole blob) and commit.
+
+        An upload that a commit already sealed holds every byte: a retried PUT only
+        finishes that commit, and its body (sent again) is not appended twice."""
+        if not writer.committing:
+            self.receive(writer, request, name)
         try:
             descriptor = writer.commit(Descriptor("application/octet-stream", writer.size, digest))
         except BlobError:
-            writer.close()  # keep what arrived: the upload stays resumable
+            try:
+                writer.close()  # keep what arrived: the upload stays resumable
+            except BlobError as exc:
+                log.warning(
+                    "request %s: could not save the upload: %s", request_id(request.environ), exc
+                )
             raise
         return self.created(name, descriptor.digest)
 
@@ -216,16 +254,18 @@ class RegistryApp:
                 )
             if request.content_length is not None and request.content_length != end - start + 1:
                 raise upload_invalid("Content-Length does not match Content-Range")
-        try:
-            writer.read_from(get_input_stream(request.environ, max_content_length=None))
-        except ClientDisconnected:
+        stream = get_input_stream(request.environ, max_content_length=None)
+        received = 0
+        while chunk := read_some(stream, BODY_READ):
+            received += writer.write(chunk)
+        if chunk is None or request.content_length not in (None, received):
             writer.close()  # keep what arrived; the client can ask for the Range
-            raise upload_invalid("the request body ended early") from None
+            raise upload_invalid("the request body ended early")
 
     # Manifests, tags, referrers ------------------------------------------------------------
 
     def manifest_put(self, request: Request, name: str, reference: str) -> Response:
-        body = get_input_stream(request.environ, max_content_length=None).read(4 * 1024 * 1024 + 1)
+        body = read_body(request, 4 * 1024 * 1024 + 1)
         digest, subject = self.manifests(name).put(reference, request.content_type or "", body)
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
         if subject:
@@ -247,18 +287,12 @@ class RegistryApp:
 
     def tags_get(self, request: Request, name: str) -> Response:
         manifests = self.manifests(name)
-        try:
-            n = int(request.args["n"]) if "n" in request.args else None
-        except ValueError:
-            raise RegistryError("UNSUPPORTED", 400, "n must be a number") from None
-        last = request.args.get("last")
+        n = page_size(request.args)
+        last = page_start(request.args, is_valid_tag, "TAG_INVALID", "tag")
         tags, more = manifests.tags(n, last)
         if not tags and not last and not manifests.repository_exists():
             raise name_unknown(name)
-        headers = {}
-        if more and tags:
-            query = urlencode({"n": n, "last": tags[-1]})
-            headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+        headers = {"Link": next_link(f"/v2/{name}/tags/list", n, tags[-1])} if more and tags else {}
         body = json.dumps({"name": name, "tags": tags}).encode()
         return Response(body, headers=headers, content_type="application/json")
 
@@ -292,6 +326,75 @@ class RegistryApp:
         return Response(b"", status=201, headers=headers)
 
 
-def create_app() -> RegistryApp:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
-    return RegistryApp(S3BlobStorage.from_env())
+def read_some(stream: Any, size: int) -> bytes | None:
+    """Up to ``size`` bytes of a request body; b"" at its end, None when it broke off.
+
+    A body can break in as many ways as there are servers (werkzeug's OSError for a
+    bad chunk header, gunicorn's parse errors, a read timeout): whatever the server
+    raises while reading is the client's connection failing, never the registry's.
+    What one read had taken in when it failed is lost with it, so reads are small
+    enough (BODY_READ) for a client that continues from the Range to resend little.
+    """
+    try:
+        return bytes(stream.read(size))
+    except Exception:
+        return None
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the request's body; a body cut short is the client's
+    error (400), not the server's."""
+    body = read_some(get_input_stream(request.environ, max_content_length=None), limit)
+    if body is None:
+        raise upload_invalid("the request body ended early")
+    return body
+
+
+def make_app(
+    storage: S3BlobStorage,
+    security: SecuritySettings | None = None,
+    manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    *,
+    operations: OperationsSettings | None = None,
+    health: HealthCheck | None = None,
+    notifier: Notifier | None = None,
+) -> WSGIApp:
+    """The registry's WSGI pipeline, outermost first: the request id and access log
+    (metrics and events observe each finished request), security headers and input
+    checks, ``/healthz`` (it needs no credentials), authentication (who), routing and
+    authorization (may they, by the route table), the handlers. ``security`` defaults
+    to an open registry, as ``RegistryApp(storage)``; ``operations`` to a text log and
+    no events; ``health`` and ``notifier`` replace the ones it describes (tests tune
+    their timings)."""
+    security = security or SecuritySettings()
+    operations = operations or OperationsSettings()
+    notifier = notifier or Notifier.from_settings(operations, storage)
+    observers = [RegistryMetrics(storage).observe]
+    if notifier is not None:
+        observers.append(notifier.observe)
+    app: WSGIApp = RegistryApp(storage, manifest_cache)
+    app = Authorization(app, security.access, security.authenticator)
+    app = Authentication(app, security.authenticator)
+    app = HealthEndpoint(app, health or HealthCheck(storage.config))
+    app = SecurityHeaders(app)
+    return RequestLog(app, observers)
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None, security: SecuritySettings | None = None
+) -> WSGIApp:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
+    security and operations settings first (they need no S3), logging installed, the
+    caches where ``S3BLOBS_CACHE`` says, the metrics listener where
+    ``S3BLOBS_METRICS_ADDR`` says, all behind ``S3BLOBS_TRUSTED_PROXIES`` (outermost,
+    so the log and events see the client's address)."""
+    security = security or SecuritySettings.from_env(environ)
+    operations = OperationsSettings.from_env(environ)
+    config = Config.from_env(environ)
+    install_logging(operations)
+    caches = caches_from_config(config)
+    storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
+    if operations.metrics_addr is not None:
+        serve_metrics(operations.metrics_addr)
+    app = make_app(storage, security, caches.manifests, operations=operations)
+    return BehindProxies(app, trusted_proxies(environ))
