@@ -18,6 +18,7 @@ it, so one left by a gc that died holds for at most ``LEASE`` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -92,8 +93,11 @@ class SweepFence:
         return found
 
     def prime(self) -> None:
-        """Read the fence now (a process does at start-up, with its HeadBucket)."""
-        self._current_index()
+        """Read the fence now (a process does at start-up, with its HeadBucket). Best
+        effort: a failure here is met again, and answered, by the first request that
+        needs the fence."""
+        with contextlib.suppress(StorageError):
+            self._current_index()
 
     def _current_index(self) -> FenceIndex | None:
         with self._lock:

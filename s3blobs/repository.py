@@ -173,18 +173,17 @@ class RepositoryBlobStore(BlobStore):
         """stat, for an answer that tells a client the blob is here (blob HEAD and GET,
         through ``serve_blob``): the client may rely on it for gc's grace period.
 
-        A cached descriptor is trusted only while this process knows the link to be
-        younger than ``refresh_after``; a link older than that is rewritten (at most
-        once per ``refresh_after``) and the entry read from S3. Either way, a blob that
-        a running gc is deleting is answered BlobUnknown. See :mod:`s3blobs.gc`."""
+        A cached descriptor is trusted only while the link is known to be younger than
+        ``refresh_after`` (from this process's last sight of it, or one HeadObject); a
+        link older than that is rewritten (at most once per ``refresh_after``) and the
+        entry read from S3. Either way, a blob that a running gc is deleting is
+        answered BlobUnknown. See :mod:`s3blobs.gc`."""
         key = str(parse_digest(digest))
         try:
             descriptor = self.stat(key)  # the cache, or S3 (which records the link)
-            seen = self._links.seen(key)
-            if seen is None:  # cached, but the link's age is unknown here: ask S3
-                descriptor = self._links.stat(key)
-                seen = self._links.seen(key)
-            assert seen is not None
+            # Cached (perhaps by another process, in Redis), the link's age unknown here:
+            # ask S3 for it. Its entry is read below if the link is old.
+            seen = self._links.seen(key) or self._links.head_link(key)
             if time.time() - seen.modified > self.refresh_after:
                 self._links.refresh(key, seen)
                 self._check_fence(key)

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
+from prometheus_client import REGISTRY
 
 from gcsupport import Registry
 from s3blobs import S3BlobStorage
@@ -103,7 +104,9 @@ def test_json_report_exit_codes_and_a_run(
     time.sleep(2.5)
 
     args = ("--dry-run", "--json", "--grace", "1s", "--uploads-older-than", "7d")
+    runs = REGISTRY.get_sample_value("s3blobs_gc_runs_total", {"outcome": "dry_run"}) or 0
     code, out, err = in_process(env, monkeypatch, capsys, *args)
+    assert REGISTRY.get_sample_value("s3blobs_gc_runs_total", {"outcome": "dry_run"}) == runs + 1
     assert code == 0, err
     report = json.loads(out)
     assert set(report) == REPORT_KEYS and set(report["deleted"]) == DELETED
@@ -121,8 +124,12 @@ def test_json_report_exit_codes_and_a_run(
     other = SweepFence(s3, bucket, storage.paths)
     lease = other.publish([unused], lambda function, items: [function(i) for i in items])
     try:
+        failed = REGISTRY.get_sample_value("s3blobs_gc_runs_total", {"outcome": "failed"}) or 0
         code, _, err = in_process(env, monkeypatch, capsys)
         assert code == 3 and "another gc" in err
+        assert REGISTRY.get_sample_value("s3blobs_gc_runs_total", {"outcome": "failed"}) == (
+            failed + 1
+        )
         assert s3.head_object(Bucket=bucket, Key=orphan)
     finally:
         lease.lift()

@@ -3,15 +3,23 @@ while the registry keeps serving (see :mod:`s3blobs.gc`).
 
 Exit codes: 0 done (warnings are in the report), 2 bad usage or a refused grace,
 3 storage trouble (or another gc holding the fence).
+
+Each run adds to the registry's gc counters (``s3blobs_gc_runs_total`` and friends):
+with ``PROMETHEUS_MULTIPROC_DIR`` shared with the registry's gunicorn, its metrics
+listener serves them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import parse_duration
+from ..errors import StorageError
+
+if TYPE_CHECKING:
+    from ..gc import GcReport
 
 
 def duration(raw: str) -> float:
@@ -57,16 +65,35 @@ def run(args: argparse.Namespace) -> int:
     from .output import say
 
     storage = S3BlobStorage.from_env()
-    report = storage.collect_garbage(
-        grace=args.grace,
-        delete_untagged=args.delete_untagged,
-        uploads_older_than=args.uploads_older_than,
-        dry_run=args.dry_run,
-        workers=args.workers,
-    )
+    try:
+        report = storage.collect_garbage(
+            grace=args.grace,
+            delete_untagged=args.delete_untagged,
+            uploads_older_than=args.uploads_older_than,
+            dry_run=args.dry_run,
+            workers=args.workers,
+        )
+    except StorageError:
+        count(None)
+        raise
+    count(report)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2), flush=True)
     else:
         for line in report.summary():
             say(line)
     return 0
+
+
+def count(report: GcReport | None) -> None:
+    """Add a run (None: one that failed) to the registry's gc counters."""
+    from ..registry.metrics import GC_DELETED_BYTES, GC_DELETED_OBJECTS, GC_RUNS
+
+    if report is None:
+        GC_RUNS.labels("failed").inc()
+        return
+    GC_RUNS.labels("dry_run" if report.dry_run else "ok").inc()
+    if not report.dry_run:
+        for kind, tally in report.deleted.items():
+            GC_DELETED_OBJECTS.labels(kind).inc(tally.count)
+            GC_DELETED_BYTES.inc(tally.bytes)

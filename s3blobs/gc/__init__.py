@@ -60,22 +60,28 @@ its GET. Let ``P`` be when the fence went up; ``L2`` starts after ``P + settle``
   So a client that checked a blob, skipped its upload and PUTs its manifest within
   the grace succeeds.
 
-The descriptor cache (:mod:`s3blobs.cache`) answers ``stat`` without S3. A cached
-"exists" is no proof that gc has not deleted the blob since: the proof above rests on
-the link's age, which a cache hit does not show. So ``confirm`` trusts a cached
-descriptor only while this process knows the link to be younger than ``R`` (a
-LastModified only grows while a link exists, and gc deletes only links older than
-``G + R``), and asks S3 otherwise. What is answered from the cache without ``confirm``
-(a library ``stat``, a retried upload PUT) may say "exists" for up to the cache TTL
-after gc deleted the blob, so the grace may not be shorter than that TTL
-(``check_grace``); the manifest PUT asks S3, so a re-push of the same content works
-at once after a deletion.
+The descriptor cache (:mod:`s3blobs.cache`, in memory or shared in Redis) answers
+``stat`` without S3. A cached "exists" is no proof that gc has not deleted the blob
+since: the proof above rests on the link's age, which a cache hit does not show, and
+gc does not go through the caches. So ``confirm`` answers from a cached descriptor
+only while the link is known to be younger than ``R`` (from this process's last sight
+of it, or one HeadObject: a LastModified only grows while a link exists, and gc
+deletes only links older than ``G + R``), and otherwise rewrites the link and reads
+the entry from S3. What is answered from a cache without ``confirm`` (a library
+``stat``, a retried upload PUT), or from a link a refused write left behind, may say
+"exists" for up to the cache TTL after gc deleted the blob; so the grace may not be
+shorter than that TTL (``check_grace``), and the manifest PUT asks S3 for every link
+and entry, so a re-push of the same content works at once after a deletion.
 
 What is assumed: the clocks of S3 and of every process agree within a small part of
 the grace (LastModified is S3's; ages and the fence's expiry are read locally), and a
 request (a manifest PUT between its checks and its revision) takes less than ``G``.
 A link written by a request that the fence then refuses stays, naming a blob that is
-going: every reader checks the entry behind a link, and the next run removes it. If
+going: the manifest PUT and every uncached read check the entry behind a link, and
+the next run removes it. An open upload that saved a short blob as its own entry
+keeps that entry while the upload lives (its state names it); a state written during
+the deletes that names an entry being deleted is not seen, and its commit then fails
+cleanly (BlobUploadUnknown: the client uploads again). If
 gc dies, its fence expires within ``s3blobs.fence.LEASE``; blobs it had fenced are
 refused meanwhile, and nothing is half-deleted that matters (links go before entries,
 entries before data).
