@@ -49,6 +49,7 @@ class Paths:
         self.blobs_root = f"{self.root}blobs/"
         self.uploads_root = f"{self.root}{UPLOADS}"
         self.data_root = f"{self.root}data/"
+        self.repositories_root = f"{self.root}repositories/"
 
     # Blobs -------------------------------------------------------------------
 
@@ -87,7 +88,7 @@ class Paths:
     # Repositories ------------------------------------------------------------
 
     def repository(self, name: str) -> str:
-        return f"{self.root}repositories/{name}/"
+        return f"{self.repositories_root}{name}/"
 
     def layers_root(self, name: str) -> str:
         return f"{self.repository(name)}_layers/"
@@ -122,6 +123,13 @@ class Paths:
 
     def upload_state(self, token: str) -> str:
         return f"{self.uploads_root}{_checked_token(token)}/state"
+
+    def upload_of_state_key(self, key: str) -> str | None:
+        """The writer id whose state is ``key``, or None for any other key."""
+        token, sep, rest = key[len(self.uploads_root) :].partition("/")
+        if not key.startswith(self.uploads_root) or rest != "state" or not sep:
+            return None
+        return token if is_valid_upload_token(token) else None
 
     def upload_piece(self, token: str, name: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{32}", name):

@@ -1,9 +1,8 @@
 """``s3blobs serve``: the registry, on gunicorn (threaded workers), or with ``--dev`` on
 werkzeug's development server.
 
-Without ``S3BLOBS_BUCKET``, ``serve`` starts an embedded S3 (a moto server on
-loopback, in this process, in memory) so that the registry runs on a machine with no
-AWS account: a demo, not storage.
+With ``S3BLOBS_BUCKET`` it serves that bucket; with ``--data DIR`` a persistent local
+store in DIR; with neither an embedded S3 in memory, a demo (see :mod:`serve_store`).
 
 gunicorn, because a registry's requests are long and many: its gthread workers run a
 bounded number of threads, stream request bodies to the app, heartbeat while a
@@ -16,21 +15,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ConfigError
+from ..variables import help_text
+from . import serve_store
 from .output import say
 
-EMBEDDED_BUCKET = "s3blobs"
+DESCRIPTION = """Run the OCI distribution registry on gunicorn.
+
+Storage: the bucket S3BLOBS_BUCKET names; or, with --data DIR, a persistent local S3
+in DIR (rclone, started and stopped by serve); or, with neither, an embedded S3 that
+lives in this process's memory (a demo). The first lines say which, where the
+registry listens, and whether blobs are redirected to S3 or streamed."""
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def add_parser(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run the OCI registry")
+    serve = commands.add_parser(
+        "serve",
+        help="run the OCI registry",
+        description=DESCRIPTION,
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument(
         "--port", type=_port, default=5000, help="port, 0 to 65535 (5000; 0 picks a free one)"
@@ -50,6 +61,12 @@ def add_parser(commands: Any) -> None:
     serve.add_argument(
         "--dev", action="store_true", help="werkzeug's development server instead of gunicorn"
     )
+    serve.add_argument(
+        "--data",
+        metavar="DIR",
+        help="keep everything in DIR across restarts: a local S3 (rclone) that serve "
+        "starts and stops; instead of S3BLOBS_BUCKET",
+    )
     serve.set_defaults(run=run)
 
 
@@ -59,30 +76,31 @@ def run(args: argparse.Namespace) -> int:
     from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
-    if not environ.get("S3BLOBS_BUCKET"):
-        endpoint = start_embedded_s3()
-        environ.update(
-            S3BLOBS_BUCKET=EMBEDDED_BUCKET,
-            S3BLOBS_ENDPOINT_URL=endpoint,
-            S3BLOBS_REGION="us-east-1",
-            S3BLOBS_ADDRESSING_STYLE="path",
-        )
-        os.environ.update(environ)  # gunicorn's workers build their storage from it
-        say(f"no S3BLOBS_BUCKET: started an embedded S3 (moto) at {endpoint}")
-        say(f"bucket {EMBEDDED_BUCKET!r} lives in this process's memory and ends with it")
-    config = Config.from_env(environ)  # a bad variable fails here, before anything listens
-    S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
-    listener = _listen(args.host, args.port)
-    port = listener.getsockname()[1]
-    server = "werkzeug (development)" if args.dev else f"gunicorn, {args.workers} workers"
-    say(f"registry on http://{args.host}:{port} (bucket {config.bucket!r}; {server})")
+    store = serve_store.choose(args, environ)  # starts an embedded or local S3 if asked
+    try:
+        environ.update(store.environ)
+        os.environ.update(store.environ)  # gunicorn's workers build their storage from it
+        for line in store.lines:
+            say(line)
+        if store.kind == "local":
+            args.workers = 1
+        args.access_log = store.kind != "bucket"  # a demo or local store logs each request
+        config = Config.from_env(environ)  # a bad variable fails here, before anything listens
+        S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
+        listener = _listen(args.host, args.port)
+        port = listener.getsockname()[1]
+        server = "werkzeug (development)" if args.dev else f"gunicorn, {args.workers} workers"
+        say(f"registry on http://{args.host}:{port} (bucket {config.bucket!r}; {server})")
 
-    def build() -> WSGIApp:
-        return with_read_timeout(RegistryApp(S3BlobStorage.from_env(environ)), args.read_timeout)
+        def build() -> WSGIApp:
+            app = RegistryApp(store.storage(environ))
+            return with_read_timeout(app, args.read_timeout)
 
-    if args.dev:
-        return _serve_dev(listener, build())
-    return _serve_gunicorn(listener, build, args)
+        if args.dev:
+            return _serve_dev(listener, build())
+        return _serve_gunicorn(listener, build, args)
+    finally:
+        store.stop()
 
 
 def with_read_timeout(app: WSGIApp, seconds: float) -> WSGIApp:
@@ -111,7 +129,7 @@ def _serve_gunicorn(
         "timeout": 120,  # a silent worker; gthread workers heartbeat during long requests
         "graceful_timeout": 30,
         "keepalive": 5,
-        "accesslog": None,
+        "accesslog": "-" if args.access_log else None,  # gunicorn's line per request
         "control_socket_disable": True,  # one fixed path per user: replicas would collide
     }
 
@@ -175,26 +193,3 @@ def _positive(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: expected 1 or more")
     return value
-
-
-def start_embedded_s3() -> str:
-    try:
-        import boto3
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        raise ConfigError(
-            "S3BLOBS_BUCKET is not set and the embedded S3 needs moto: "
-            "pip install 's3blobs[embedded]', or set S3BLOBS_BUCKET"
-        ) from None
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    # The embedded store checks no credentials; boto3 still wants some to sign with.
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "s3blobs-embedded")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "s3blobs-embedded")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-        Bucket=EMBEDDED_BUCKET
-    )
-    return endpoint

@@ -1,0 +1,22 @@
+"""``s3blobs repos``: every repository in the bucket, in name order."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .output import emit, json_flag
+from .stores import open_storage
+
+
+def add_parser(commands: Any) -> None:
+    repos = commands.add_parser(
+        "repos", help="list repositories", description=__doc__, parents=[json_flag()]
+    )
+    repos.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in open_storage().catalog.repositories():
+        emit(args, {"name": name}, name)
+    return 0
