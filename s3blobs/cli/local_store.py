@@ -58,17 +58,18 @@ class LocalStore:
         self.metadata_path = self.directory / "metadata.sqlite3"
         self._lock: IO[str] | None = None
         self._process: subprocess.Popen[str] | None = None
+        self.credentials = ("", "")
 
     def start(self, timeout: float = 30) -> str:
-        """Lock DIR, start rclone on a free loopback port, and set this process's AWS
-        credentials to the random key it was given (this process talks to no other S3)."""
+        """Lock DIR and start rclone on a free loopback port, with a new random key
+        (``credentials``) that clients must sign with."""
         binary = find_rclone()
         try:
             (self.files / BUCKET).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--data {self.directory}: {exc.strerror}") from None
         self._take_lock()
-        key, secret = secrets.token_hex(10).upper(), secrets.token_hex(20)
+        self.credentials = key, secret = secrets.token_hex(10).upper(), secrets.token_hex(20)
         self._process = subprocess.Popen(
             [
                 binary,
@@ -89,11 +90,7 @@ class LocalStore:
             text=True,
             preexec_fn=_die_with_parent,
         )
-        endpoint = self._wait_for_endpoint(timeout)
-        os.environ["AWS_ACCESS_KEY_ID"] = key
-        os.environ["AWS_SECRET_ACCESS_KEY"] = secret
-        os.environ.pop("AWS_SESSION_TOKEN", None)
-        return endpoint
+        return self._wait_for_endpoint(timeout)
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -95,6 +95,9 @@ def _local(directory: str) -> ServeStore:
 
     local = LocalStore(directory)
     endpoint = local.start()
+    # This process talks to no other S3: sign with the key the store was started with.
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = local.credentials
+    os.environ.pop("AWS_SESSION_TOKEN", None)
 
     def client(config: Config) -> SingleOwnerClient:
         return SingleOwnerClient(
