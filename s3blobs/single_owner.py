@@ -24,8 +24,9 @@ threads; a lock file keeps a second ``serve`` off the directory):
 - Content-Type, user metadata and a multipart ETag go to a SQLite file beside the
   store (synchronous, written before the object and restored if the write fails),
   and come back on every HeadObject and GetObject;
-- every acknowledged write is fsynced (the file and its directories), which rclone
-  itself does not do: a registry must not acknowledge a blob and lose it.
+- every acknowledged write is fsynced (the file, and the directories that hold its
+  entry and any new directory's), which rclone itself does not do: a registry must
+  not acknowledge a blob and lose it.
 
 Everything else (listings, parts, presigned URLs, ``meta`` for event hooks) is the
 wrapped client's, untouched.
@@ -156,6 +157,9 @@ class SingleOwnerClient:
         self._metadata = metadata
         self._files = files
         self._locks = KeyLocks()
+        # Directories whose entry in their parent is synced. rclone removes a directory
+        # left empty by a delete, so every delete forgets them all.
+        self._synced_dirs: set[Path] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -195,6 +199,7 @@ class SingleOwnerClient:
         with self._locks.hold(bucket, [key]):
             response = self._client.delete_object(**args)
             self._metadata.put(bucket, key, None)
+            self._synced_dirs.clear()
         return response
 
     def delete_objects(self, **args: Any) -> Any:
@@ -202,6 +207,7 @@ class SingleOwnerClient:
         keys = [item["Key"] for item in args["Delete"]["Objects"]]
         with self._locks.hold(bucket, keys):
             response = self._client.delete_objects(**args)
+            self._synced_dirs.clear()
             failed = {error.get("Key") for error in response.get("Errors", ())}
             for key in keys:
                 if key not in failed:
@@ -263,23 +269,32 @@ class SingleOwnerClient:
             raise
 
     def _sync(self, bucket: str, key: str) -> None:
-        """fsync the object's file and every directory from it up to the bucket's."""
+        """fsync the object's file, its directory (the file's entry), and each directory
+        above whose own entry this process has not synced yet, up to the bucket's."""
         if self._files is None:
             return
         top = self._files / bucket
         path = top / key
         try:
-            while True:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                if path == top or top not in path.parents:
+            _fsync(path)
+            directory = path.parent
+            _fsync(directory)
+            while directory != top and top in directory.parents:
+                if directory in self._synced_dirs:
                     break
-                path = path.parent
+                _fsync(directory.parent)
+                self._synced_dirs.add(directory)
+                directory = directory.parent
         except OSError as exc:
             log.warning("could not fsync %s: %s", path, exc)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pop_conditions(args: dict[str, Any]) -> dict[str, Any]:
