@@ -29,7 +29,10 @@ threads; a lock file keeps a second ``serve`` off the directory):
   not acknowledge a blob and lose it.
 
 Everything else (listings, parts, presigned URLs, ``meta`` for event hooks) is the
-wrapped client's, untouched.
+wrapped client's, untouched. A presigned GET goes to rclone itself, which answers
+with its own Content-Type (``application/octet-stream`` after a restart): only blob
+downloads take that path, and registry clients go by the digest, not by a blob's
+Content-Type. Manifests are always answered by the registry, with their media type.
 """
 
 from __future__ import annotations

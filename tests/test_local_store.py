@@ -306,3 +306,22 @@ def test_serve_data_keeps_a_pushed_image_across_a_restart(rclone: str, tmp_path:
         assert head.headers["Content-Length"] == str(len(layer))
     finally:
         second.stop()
+
+
+def test_an_embedded_store_streams_when_clients_are_remote() -> None:
+    import argparse
+
+    from s3blobs.cli import serve_store
+
+    remote = serve_store.choose(argparse.Namespace(data=None, host="0.0.0.0"), {})
+    assert remote.kind == "embedded" and remote.environ["S3BLOBS_REDIRECT"] == "false"
+    assert "streamed by the registry" in remote.lines[-1]
+    assert remote.environ["S3BLOBS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    local = serve_store.choose(argparse.Namespace(data=None, host="::1"), {})
+    assert "S3BLOBS_REDIRECT" not in local.environ  # loopback clients follow redirects
+    bucket = serve_store.choose(
+        argparse.Namespace(data=None, host="0.0.0.0"), {"S3BLOBS_BUCKET": "mine"}
+    )
+    assert (bucket.kind, bucket.environ, bucket.lines) == ("bucket", {}, [])
+    with pytest.raises(ConfigError, match="--data and S3BLOBS_BUCKET"):
+        serve_store.choose(argparse.Namespace(data="d", host="::1"), {"S3BLOBS_BUCKET": "b"})
