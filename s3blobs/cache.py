@@ -1,16 +1,20 @@
 """The caching BlobDescriptorService middleware (distribution's cachedBlobStatter).
 
-One bounded TTL cache serves every repository of a storage and its global store,
-keyed by (scope, digest); a global delete drops the digest from every scope.
-Only hits are cached; misses and errors always go to the service behind.
+:class:`CachedDescriptors` puts a :class:`DescriptorCache` in front of a descriptor
+service; :class:`DescriptorCacheFactory` is the one in this process's memory (a Redis
+shared by replicas is ``s3blobs.redis_cache``). One cache serves every repository of
+a storage and its global store, keyed by (scope, digest); a global delete drops the
+digest from every scope. Only hits are cached; misses and errors always go to the
+service behind.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachetools import TTLCache
 
@@ -26,6 +30,28 @@ class CacheStats:
     misses: int = 0
     evictions: int = 0
     errors: int = 0
+
+
+class DescriptorCache(Protocol):
+    """Where :class:`CachedDescriptors` keeps descriptors.
+
+    ``lookup`` answers the cached descriptor (or None) and a generation token read
+    at the same moment; ``put`` with that token stores nothing if an invalidation of
+    the digest came in between (a stat that raced a delete must not put back what
+    the delete removed); ``put`` with None stores unconditionally.
+    """
+
+    stats: CacheStats
+
+    def lookup(self, digest: str, scope: str) -> tuple[Descriptor | None, Hashable]: ...
+
+    def put(
+        self, digest: str, scope: str, descriptor: Descriptor, generation: Hashable | None
+    ) -> None: ...
+
+    def invalidate(self, digest: str, scope: str) -> None: ...
+
+    def error(self) -> None: ...
 
 
 class _CountingTTLCache(TTLCache[tuple[str, str], Descriptor]):
@@ -67,20 +93,18 @@ class DescriptorCacheFactory:
 
     # Cache access, always under the lock and never around a call to S3.
 
-    def get(self, digest: str, scope: str) -> Descriptor | None:
+    def lookup(self, digest: str, scope: str) -> tuple[Descriptor | None, Hashable]:
         with self._lock:
             found = self._cache.get((scope, digest))
             if found is None:
                 self.stats.misses += 1
             else:
                 self.stats.hits += 1
-            return found
+            return found, self._generation
 
-    def generation(self) -> int:
-        with self._lock:
-            return self._generation
-
-    def put(self, digest: str, scope: str, descriptor: Descriptor, generation: int | None) -> None:
+    def put(
+        self, digest: str, scope: str, descriptor: Descriptor, generation: Hashable | None
+    ) -> None:
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
@@ -105,17 +129,16 @@ class DescriptorCacheFactory:
 class CachedDescriptors:
     """A descriptor service with the factory's cache in front of ``stat``."""
 
-    def __init__(self, factory: DescriptorCacheFactory, service: BlobDescriptorService) -> None:
+    def __init__(self, factory: DescriptorCache, service: BlobDescriptorService) -> None:
         self._factory = factory
         self._service = service
         self.scope = service.scope
 
     def stat(self, digest: str) -> Descriptor:
         key = str(parse_digest(digest))
-        cached = self._factory.get(key, self.scope)
+        cached, generation = self._factory.lookup(key, self.scope)
         if cached is not None:
             return cached
-        generation = self._factory.generation()
         try:
             descriptor = self._service.stat(key)
         except BlobUnknown:

@@ -1,4 +1,5 @@
-"""What is in a bucket, for an operator: repositories, tags, manifests, open uploads.
+"""What is in a bucket, for an operator: tags, manifests, open uploads (repositories:
+:func:`s3blobs.registry.catalog.repositories`).
 
 Read-only views, each a lazy listing (one page of keys in memory at a time) over
 the layout :mod:`paths` defines; the registry's write paths are not here.
@@ -17,7 +18,7 @@ from .errors import BlobUnknown, BlobUploadUnknown, ManifestUnknown
 from .names import validate_repository_name
 from .paths import Paths, is_valid_tag
 from .repository import GlobalBlobStore
-from .s3 import list_objects, list_prefixes, s3_errors
+from .s3 import list_objects, s3_errors
 from .uploads import UploadState
 
 
@@ -37,28 +38,6 @@ class OpenUpload:
 class Catalog:
     def __init__(self, client: Any, bucket: str, paths: Paths, blobs: GlobalBlobStore) -> None:
         self.client, self.bucket, self.paths, self.blobs = client, bucket, paths, blobs
-
-    def repositories(self) -> Iterator[str]:
-        """Every repository name, in key order: one listing request per level of names.
-
-        A repository is a key prefix holding ``_layers/`` or ``_manifests/``; names
-        are nested (``library/app``), and a name's components never start with '_'.
-        """
-        yield from self._repositories_under(self.paths.repositories_root)
-
-    def _repositories_under(self, prefix: str) -> Iterator[str]:
-        children = list_prefixes(self.client, self.bucket, prefix, "listing repositories")
-        nested = []
-        is_repository = False
-        for child in children:
-            if child[len(prefix) :].startswith("_"):
-                is_repository = True
-            else:
-                nested.append(child)
-        if is_repository:
-            yield prefix[len(self.paths.repositories_root) :].rstrip("/")
-        for child in nested:
-            yield from self._repositories_under(child)
 
     def repository_exists(self, name: str) -> bool:
         """True when anything (a link, a manifest, a tag) is stored under ``name``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import ConfigError
@@ -61,6 +61,8 @@ class Config:
     addressing_style: str = "auto"
     cache_size: int = 10_000
     cache_ttl: float = 60.0
+    #: ``memory``, or a ``redis://`` / ``rediss://`` URL (out of repr: it may hold a password).
+    cache: str = field(default="memory", repr=False)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -98,6 +100,7 @@ class Config:
             "addressing_style": get("ADDRESSING_STYLE", _text, cls.addressing_style),
             "cache_size": get("CACHE_SIZE", _int, cls.cache_size),
             "cache_ttl": get("CACHE_TTL", _float, cls.cache_ttl),
+            "cache": get("CACHE", _text, "memory"),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -106,6 +109,32 @@ class Config:
     def key_prefix(self) -> str:
         """The prefix as it stands before every key: empty, or ending in one '/'."""
         return f"{self.prefix}/" if self.prefix else ""
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: for logs and error messages.
+
+    Everything between the scheme and the last '@' is user information, so a
+    password holding an unescaped '@' or '/' is hidden too.
+    """
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return url if separator or "@" not in url else "***"
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def _check_cache(value: str) -> None:
+    if value == "memory":
+        return
+    match = re.fullmatch(
+        r"(rediss?)://(?:[^@]*@)?([^/:?#@]+|\[[0-9a-fA-F:]+\])(:\d+)?(/\d*)?(\?.*)?", value
+    )
+    if not match:
+        raise ConfigError(
+            f"S3BLOBS_CACHE={redacted_url(value)}: expected memory, or "
+            "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"
+        )
 
 
 def _text(name: str, raw: str) -> str:
@@ -234,3 +263,4 @@ def _check(config: Config) -> None:
         raise ConfigError(f"S3BLOBS_CACHE_SIZE={config.cache_size}: expected 0 (off) or more")
     if config.cache_ttl <= 0:
         raise ConfigError(f"S3BLOBS_CACHE_TTL={config.cache_ttl}: expected seconds > 0")
+    _check_cache(config.cache)

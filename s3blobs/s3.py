@@ -128,16 +128,6 @@ def list_objects(
             yield from page.get("Contents", ())
 
 
-def list_prefixes(client: Any, bucket: str, prefix: str, action: str) -> Iterator[str]:
-    """The "directories" right under ``prefix`` (keys' next component up to a '/'), in
-    key order, a page at a time as the caller goes on."""
-    args = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
-    with s3_errors(action):
-        for page in client.get_paginator("list_objects_v2").paginate(**args):
-            for item in page.get("CommonPrefixes", ()):
-                yield item["Prefix"]
-
-
 def delete_keys(client: Any, bucket: str, keys: list[str], action: str) -> None:
     """Delete objects, 1,000 per DeleteObjects request. Keys S3 could not delete are
     logged: what is left behind is garbage that lifecycle rules or gc remove."""

@@ -8,7 +8,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .cache import DescriptorCacheFactory
+from .cache_backend import caches_from_config
+from .caches import ValueCache
 from .catalog import Catalog
 from .config import Config
 from .descriptors import (
@@ -22,20 +23,21 @@ from .gc import DEFAULT_GRACE, sweep_orphan_data
 from .paths import Paths
 from .repository import GlobalBlobStore, RepositoryBlobStore
 from .s3 import error_code, make_client, storage_error
-from .store import BlobEntries
+from .store import BlobEntries, Location
 from .uploads import UploadStore
 
 
 class S3BlobStorage:
     """Blob storage on one bucket: ``storage.blobs`` is the global store,
     ``storage.repository(name)`` a repository's, ``storage.catalog`` lists what the
-    bucket holds (repositories, tags, manifests, open uploads).
+    bucket holds (tags, manifests, open uploads).
 
     ``descriptor_service_factory`` wraps every descriptor service (global and per
     repository): pass a :class:`DescriptorCacheFactory`, or any object with a
     ``blob_access_controller(service)`` method; stack several by wrapping one in
-    another. The bucket is checked once here (one HeadBucket) unless
-    ``check_bucket=False``.
+    another. ``location_cache`` remembers where each blob's bytes are (this
+    process's memory by default). The bucket is checked once here (one HeadBucket)
+    unless ``check_bucket=False``.
     """
 
     def __init__(
@@ -45,12 +47,13 @@ class S3BlobStorage:
         *,
         client: Any = None,
         check_bucket: bool = True,
+        location_cache: ValueCache[Location] | None = None,
     ) -> None:
         self.config = config
         self.client = client if client is not None else make_client(config)
         self.paths = Paths(config.prefix)
         self.descriptor_service_factory = descriptor_service_factory
-        self._entries = BlobEntries(self.client, config, self.paths)
+        self._entries = BlobEntries(self.client, config, self.paths, location_cache)
         self._uploads = UploadStore(self.client, config, self.paths)
         if check_bucket:
             self._check_bucket()
@@ -61,15 +64,12 @@ class S3BlobStorage:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> S3BlobStorage:
-        """Configure from ``S3BLOBS_*``, with the descriptor cache that
-        ``S3BLOBS_CACHE_SIZE`` (0: off) and ``S3BLOBS_CACHE_TTL`` describe."""
+        """Configure from ``S3BLOBS_*``, with the descriptor and location caches that
+        ``S3BLOBS_CACHE`` (memory or Redis), ``S3BLOBS_CACHE_SIZE`` (0: no descriptor
+        cache) and ``S3BLOBS_CACHE_TTL`` describe."""
         config = Config.from_env(environ)
-        factory = (
-            DescriptorCacheFactory(maxsize=config.cache_size, ttl=config.cache_ttl)
-            if config.cache_size
-            else None
-        )
-        return cls(config, factory, **kwargs)
+        caches = caches_from_config(config)
+        return cls(config, caches.descriptors, location_cache=caches.locations, **kwargs)
 
     def repository(self, name: str) -> RepositoryBlobStore:
         """The store of repository ``name`` (RepositoryNameInvalid outside the OCI grammar)."""

@@ -8,14 +8,12 @@ stay where the multipart upload wrote them, and no step ever copies them.
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import LRUCache
-
 from .buffers import ChunkReader
+from .caches import MemoryCache, ValueCache
 from .config import Config
 from .descriptor import Descriptor
 from .digests import Digest, parse_digest
@@ -40,17 +38,23 @@ class Location:
 class BlobEntries:
     """Reads and writes entries; the one class that knows what an entry looks like."""
 
-    def __init__(self, client: Any, config: Config, paths: Paths) -> None:
+    def __init__(
+        self,
+        client: Any,
+        config: Config,
+        paths: Paths,
+        locations: ValueCache[Location] | None = None,
+    ) -> None:
         self.client = client
         self.config = config
         self.bucket = config.bucket
         self.paths = paths
         # digest -> Location. Blobs are immutable, so only a delete makes one stale:
-        # deletes in this process forget it, and every HeadObject of the entry (each
-        # descriptor-cache miss) refreshes it, so a blob deleted and pushed again by
-        # another process is followed within the descriptor cache's TTL.
-        self._locations: LRUCache[str, Location] = LRUCache(maxsize=10_000)
-        self._lock = threading.Lock()
+        # deletes forget it (in every process, with a shared cache), and every
+        # HeadObject of the entry (each descriptor-cache miss) refreshes it, so a blob
+        # deleted and pushed again by a process with its own cache is followed within
+        # the descriptor cache's TTL.
+        self._locations = locations if locations is not None else MemoryCache(10_000)
 
     # Reads ---------------------------------------------------------------------
 
@@ -65,15 +69,13 @@ class BlobEntries:
         return self.head(digest)[0]
 
     def locate(self, digest: Digest) -> Location:
-        """Where the bytes are: from memory when known, else one HeadObject."""
-        with self._lock:
-            location = self._locations.get(str(digest))
+        """Where the bytes are: from the location cache when known, else one HeadObject."""
+        location = self._locations.get(str(digest))
         return location if location is not None else self.head(digest)[1]
 
     def get(self, digest: Digest) -> bytes:
         """The blob's bytes: one GET for a small blob (or a known large one), two otherwise."""
-        with self._lock:
-            location = self._locations.get(str(digest))
+        location = self._locations.get(str(digest))
         key = location.key if location else self.paths.blob(digest)
         response = self._get_object(digest, key)
         if location is None and DATA_META in response.get("Metadata", {}):
@@ -164,8 +166,7 @@ class BlobEntries:
                 self.client.delete_object(Bucket=self.bucket, Key=location.key)
 
     def forget(self, digest: Digest) -> None:
-        with self._lock:
-            self._locations.pop(str(digest), None)
+        self._locations.discard(str(digest))
 
     # Helpers -------------------------------------------------------------------
 
@@ -190,8 +191,7 @@ class BlobEntries:
         )
         data = args.get("Metadata", {}).get(DATA_META)
         location = Location(self.paths.data(data) if data else key, descriptor.size)
-        with self._lock:
-            self._locations[str(digest)] = location
+        self._locations.put(str(digest), location)
         return descriptor
 
     def _get_object(self, digest: Digest, key: str) -> dict[str, Any]:
@@ -209,7 +209,6 @@ class BlobEntries:
         else:
             size = int(response["ContentLength"])
             location = Location(key, size)
-        with self._lock:
-            self._locations[str(digest)] = location
+        self._locations.put(str(digest), location)
         media_type = response.get("ContentType") or DEFAULT_MEDIA_TYPE
         return Descriptor(media_type, size, str(digest)), location

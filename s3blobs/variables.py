@@ -48,15 +48,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "S3BLOBS_MAX_BUFFER",
         "`512MiB`",
-        "upload bytes the process may hold in memory at once (at least a part; by default "
-        "also at least one writer's part x (concurrency + 2)); past it uploads are answered 429",
+        "upload bytes the process may hold in memory at once (at least a part; by default"
+        " also at least one writer's part x (concurrency + 2)); past it uploads are "
+        "answered 429",
     ),
     Variable(
         "S3BLOBS_EQUAL_PARTS",
         "`auto`",
-        "`true`: every part but the last is exactly the part size (Cloudflare R2 needs it); "
-        "`false`: parts of any size from 5 MiB, so each byte is sent once; `auto`: `false` "
-        "on AWS, `true` on a custom endpoint",
+        "`true`: every part but the last is exactly the part size (Cloudflare R2 needs "
+        "it); `false`: parts of any size from 5 MiB, so each byte is sent once; `auto`: "
+        "`false` on AWS, `true` on a custom endpoint",
     ),
     Variable(
         "S3BLOBS_REDIRECT",
@@ -89,14 +90,80 @@ VARIABLES: tuple[Variable, ...] = (
         "`auto`, `virtual` or `path` (most S3-compatible stores want `path`)",
     ),
     Variable(
+        "S3BLOBS_CACHE",
+        "`memory`",
+        "where the descriptor, data-location and manifest caches live: `memory` (each "
+        "process its own), or `redis://[[user]:password@]host[:port][/db]` (`rediss://` "
+        "for TLS), one Redis for every replica (see [Running many "
+        "replicas](#running-many-replicas))",
+    ),
+    Variable(
         "S3BLOBS_CACHE_SIZE",
         "`10000`",
-        "descriptors cached (`from_env`); `0` turns the cache off",
+        "descriptors cached in memory (`from_env`); `0` turns the descriptor cache off, "
+        "on either backend",
     ),
     Variable(
         "S3BLOBS_CACHE_TTL",
         "`60`",
-        "seconds another process's delete can go unseen",
+        "seconds a cached descriptor lives: how long another process's delete can go "
+        "unseen with `memory` (with Redis, deletes are seen at once)",
+    ),
+    Variable(
+        "S3BLOBS_TRUSTED_PROXIES",
+        "none",
+        "addresses or networks (`127.0.0.1,10.0.0.0/8`) whose `X-Forwarded-*` headers the"
+        " registry believes (`create_app()`, `deploy/gunicorn.conf.py`)",
+    ),
+    Variable(
+        "S3BLOBS_AUTH",
+        "`none`",
+        "`none`, `htpasswd` or `token` (see [Securing the registry](#securing-the-registry))",
+    ),
+    Variable(
+        "S3BLOBS_AUTH_HTPASSWD",
+        "none",
+        "the htpasswd file (bcrypt entries), with `S3BLOBS_AUTH=htpasswd`",
+    ),
+    Variable(
+        "S3BLOBS_AUTH_TOKEN_REALM",
+        "none",
+        "the token server's URL, sent in Bearer challenges",
+    ),
+    Variable(
+        "S3BLOBS_AUTH_TOKEN_SERVICE",
+        "none",
+        "this registry's name: a token's `aud` must hold it",
+    ),
+    Variable(
+        "S3BLOBS_AUTH_TOKEN_ISSUER",
+        "none",
+        "the token server's name: a token's `iss`",
+    ),
+    Variable(
+        "S3BLOBS_AUTH_TOKEN_KEYS",
+        "none",
+        "PEM public keys or certificates, or a JWKS, that sign tokens",
+    ),
+    Variable(
+        "S3BLOBS_AUTH_TOKEN_ALGORITHMS",
+        "`RS256,ES256,EdDSA`",
+        "the signature algorithms accepted (asymmetric only)",
+    ),
+    Variable(
+        "S3BLOBS_ACL",
+        "none",
+        "TOML access rules per repository",
+    ),
+    Variable(
+        "S3BLOBS_TLS_CERT",
+        "none",
+        "serve HTTPS with this certificate (chain), with `S3BLOBS_TLS_KEY`",
+    ),
+    Variable(
+        "S3BLOBS_TLS_KEY",
+        "none",
+        "the certificate's private key",
     ),
 )
 

@@ -37,7 +37,10 @@ class Run:
         self.capture.readouterr()
         if stdin is not None:
             self.monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-        code = main(list(argv))
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            code = exc.code if isinstance(exc.code, int) else 2
         out, err = self.capture.readouterr()
         return code, out, err.decode()
 

@@ -213,6 +213,7 @@ class Serve:
         env = {k: v for k, v in os.environ.items() if not k.startswith("S3BLOBS_")}
         env.update(
             S3BLOBS_PART_SIZE=str(PART),
+            S3BLOBS_AUTH="none",  # an open registry on purpose, even on 0.0.0.0
             PYTHONPATH=os.pathsep.join(sys.path),
         )
         self.process = subprocess.Popen(

@@ -47,10 +47,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error already printed
-        return exc.code if isinstance(exc.code, int) else USAGE
+    args = build_parser().parse_args(argv)  # --help, --version, usage errors: SystemExit
     try:
         code: int = args.run(args)
         return code

@@ -1,4 +1,5 @@
-"""``s3blobs repos``: every repository in the bucket, in name order."""
+"""``s3blobs repos``: every repository in the bucket, in name order (the listing
+the registry's ``/v2/_catalog`` answers from)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in open_storage().catalog.repositories():
+    from ..registry.catalog import repositories
+
+    for name in repositories(open_storage()):
         emit(args, {"name": name}, name)
     return 0

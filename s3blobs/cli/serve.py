@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +32,7 @@ Storage: the bucket S3BLOBS_BUCKET names; or, with --data DIR, a persistent loca
 in DIR (rclone, started and stopped by serve); or, with neither, an embedded S3 that
 lives in this process's memory (a demo). The first lines say which, where the
 registry listens, and whether blobs are redirected to S3 or streamed."""
+LISTEN_NOTE = "A non-loopback --host needs authentication, or S3BLOBS_AUTH=none set explicitly."
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -39,13 +41,15 @@ def add_parser(commands: Any) -> None:
         "serve",
         help="run the OCI registry",
         description=DESCRIPTION,
-        epilog=help_text(),
+        epilog=help_text() + "\n\n" + LISTEN_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument(
         "--port", type=_port, default=5000, help="port, 0 to 65535 (5000; 0 picks a free one)"
     )
+    serve.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
+    serve.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
     serve.add_argument(
         "--workers", type=_positive, default=2, help="worker processes (2; gunicorn)"
     )
@@ -72,10 +76,16 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import Config
-    from ..registry import RegistryApp
+    from ..registry import create_app
+    from ..registry.auth.settings import SecuritySettings, check_listen_address
     from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
+    # Security first: it needs no S3, and a registry open to the network by mistake
+    # must not start at all.
+    security = SecuritySettings.from_env(environ, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    check_listen_address(args.host, security)
+    tls = security.ssl_context()
     store = serve_store.choose(args, environ)  # starts an embedded or local S3 if asked
     try:
         environ.update(store.environ)
@@ -89,16 +99,19 @@ def run(args: argparse.Namespace) -> int:
         S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
         listener = _listen(args.host, args.port)
         port = listener.getsockname()[1]
-        server = "werkzeug (development)" if args.dev else f"gunicorn, {args.workers} workers"
-        say(f"registry on http://{args.host}:{port} (bucket {config.bucket!r}; {server})")
+        workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
+        server = "werkzeug (development)" if args.dev else f"gunicorn, {workers}"
+        scheme = "https" if tls else "http"
+        say(f"registry on {scheme}://{args.host}:{port} (bucket {config.bucket!r}; {server})")
+        say(f"authentication: {security.mode}")
 
         def build() -> WSGIApp:
-            app = RegistryApp(store.storage(environ))
+            app = create_app(environ, security, client=store.client(environ))
             return with_read_timeout(app, args.read_timeout)
 
         if args.dev:
-            return _serve_dev(listener, build())
-        return _serve_gunicorn(listener, build, args)
+            return _serve_dev(listener, build(), tls)
+        return _serve_gunicorn(listener, build, args, security.tls_cert, security.tls_key)
     finally:
         store.stop()
 
@@ -117,7 +130,11 @@ def with_read_timeout(app: WSGIApp, seconds: float) -> WSGIApp:
 
 
 def _serve_gunicorn(
-    listener: socket.socket, build: Callable[[], WSGIApp], args: argparse.Namespace
+    listener: socket.socket,
+    build: Callable[[], WSGIApp],
+    args: argparse.Namespace,
+    certfile: str | None,
+    keyfile: str | None,
 ) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -131,6 +148,7 @@ def _serve_gunicorn(
         "keepalive": 5,
         "accesslog": "-" if args.access_log else None,  # gunicorn's line per request
         "control_socket_disable": True,  # one fixed path per user: replicas would collide
+        **({"certfile": certfile, "keyfile": keyfile} if certfile else {}),
     }
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -146,11 +164,11 @@ def _serve_gunicorn(
     return 0
 
 
-def _serve_dev(listener: socket.socket, app: WSGIApp) -> int:
+def _serve_dev(listener: socket.socket, app: WSGIApp, tls: ssl.SSLContext | None) -> int:
     from werkzeug.serving import make_server
 
     host, port = listener.getsockname()[:2]
-    server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+    server = make_server(host, port, app, threaded=True, fd=listener.fileno(), ssl_context=tls)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0

@@ -24,7 +24,6 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
-from ..storage import S3BlobStorage
 
 EMBEDDED_BUCKET = "s3blobs"
 
@@ -39,12 +38,12 @@ class ServeStore:
     client_factory: Callable[[Config], Any] | None = None
     stop: Callable[[], None] = lambda: None
 
-    def storage(self, environ: Mapping[str, str]) -> S3BlobStorage:
-        """The storage a worker serves (built after the fork, in each worker)."""
+    def client(self, environ: Mapping[str, str]) -> Any:
+        """The S3 client a worker's storage uses (None: s3blobs' own), made after the
+        fork, in each worker."""
         if self.client_factory is None:
-            return S3BlobStorage.from_env(environ)
-        client = self.client_factory(Config.from_env(environ))
-        return S3BlobStorage.from_env(environ, client=client)
+            return None
+        return self.client_factory(Config.from_env(environ))
 
 
 def choose(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeStore:

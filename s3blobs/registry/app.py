@@ -10,15 +10,17 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
-from ..config import MIN_PART_SIZE
+from ..cache_backend import caches_from_config, memory_manifest_cache
+from ..caches import ValueCache
+from ..config import MIN_PART_SIZE, Config
 from ..descriptor import Descriptor
 from ..digests import check_algorithm, parse_digest
 from ..errors import (
@@ -30,10 +32,14 @@ from ..errors import (
     BlobUploadUnknown,
 )
 from ..names import validate_repository_name
+from ..paths import is_valid_tag
 from ..repository import RepositoryBlobStore
 from ..serving import head_response
 from ..storage import S3BlobStorage
 from ..writer import S3BlobWriter
+from .auth.settings import SecuritySettings
+from .auth.wsgi import Authentication, Authorization
+from .catalog import catalog
 from .context import REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
@@ -43,20 +49,14 @@ from .errors import (
     translate,
     upload_invalid,
 )
-from .manifests import ManifestCache, Manifests
+from .hardening import SecurityHeaders, WSGIApp
+from .manifests import Manifests
+from .pagination import next_link, page_size, page_start
+from .proxies import BehindProxies, trusted_proxies
+from .routes import match_route
 
 log = logging.getLogger(__name__)
 
-_NAME = r"(?P<name>.+?)"
-ROUTES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"/v2/?"), "base"),
-    (re.compile(rf"/v2/{_NAME}/blobs/uploads/?"), "uploads"),
-    (re.compile(rf"/v2/{_NAME}/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
-    (re.compile(rf"/v2/{_NAME}/blobs/(?P<digest>[^/]+)"), "blob"),
-    (re.compile(rf"/v2/{_NAME}/manifests/(?P<reference>[^/]+)"), "manifest"),
-    (re.compile(rf"/v2/{_NAME}/tags/list"), "tags"),
-    (re.compile(rf"/v2/{_NAME}/referrers/(?P<digest>[^/]+)"), "referrers"),
-]
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 BODY_READ = 256 * 1024
@@ -65,9 +65,15 @@ BODY_READ = 256 * 1024
 class RegistryApp:
     """``RegistryApp(storage)`` is a WSGI application serving the registry API."""
 
-    def __init__(self, storage: S3BlobStorage) -> None:
+    def __init__(
+        self,
+        storage: S3BlobStorage,
+        manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.storage = storage
-        self.manifest_cache = ManifestCache()
+        self.manifest_cache = (
+            manifest_cache if manifest_cache is not None else memory_manifest_cache()
+        )
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -93,18 +99,17 @@ class RegistryApp:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
-        for pattern, route in ROUTES:
-            match = pattern.fullmatch(request.path)
-            if match:
-                params = match.groupdict()
-                if "name" in params:
-                    validate_repository_name(params["name"])
-                handler = getattr(self, f"{route}_{request.method.lower()}", None)
-                if handler is None:
-                    raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
-                result: Response = handler(request, **params)
-                return result
-        raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+        """The handler ``<route>_<method>`` for the methods the route table lists."""
+        matched = match_route(request.environ)
+        if matched is None:
+            raise RegistryError("NOT_FOUND", 404, "no such endpoint", request.path)
+        if matched.repository is not None:
+            validate_repository_name(matched.repository)
+        if matched.need(request.method) is None:
+            raise RegistryError("UNSUPPORTED", 405, f"{request.method} not supported here")
+        handler = getattr(self, f"{matched.route.name}_{request.method.lower()}")
+        result: Response = handler(request, **matched.params)
+        return result
 
     # /v2/ ------------------------------------------------------------------------------
 
@@ -112,6 +117,9 @@ class RegistryApp:
         return Response(b"{}", content_type="application/json")
 
     base_head = base_get
+
+    def catalog_get(self, request: Request) -> Response:
+        return catalog(self.storage, request)
 
     # Blobs ------------------------------------------------------------------------------
 
@@ -273,18 +281,12 @@ class RegistryApp:
 
     def tags_get(self, request: Request, name: str) -> Response:
         manifests = self.manifests(name)
-        try:
-            n = int(request.args["n"]) if "n" in request.args else None
-        except ValueError:
-            raise RegistryError("UNSUPPORTED", 400, "n must be a number") from None
-        last = request.args.get("last")
+        n = page_size(request.args)
+        last = page_start(request.args, is_valid_tag, "TAG_INVALID", "tag")
         tags, more = manifests.tags(n, last)
         if not tags and not last and not manifests.repository_exists():
             raise name_unknown(name)
-        headers = {}
-        if more and tags:
-            query = urlencode({"n": n, "last": tags[-1]})
-            headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+        headers = {"Link": next_link(f"/v2/{name}/tags/list", n, tags[-1])} if more and tags else {}
         body = json.dumps({"name": name, "tags": tags}).encode()
         return Response(body, headers=headers, content_type="application/json")
 
@@ -342,6 +344,35 @@ def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def create_app() -> RegistryApp:
-    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``)."""
-    return RegistryApp(S3BlobStorage.from_env())
+def make_app(
+    storage: S3BlobStorage,
+    security: SecuritySettings | None = None,
+    manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+) -> WSGIApp:
+    """The registry's WSGI pipeline, outermost first: security headers and input checks,
+    authentication (who), routing and authorization (may they, by the route table), the
+    handlers. ``security`` defaults to an open registry, as ``RegistryApp(storage)``."""
+    security = security or SecuritySettings()
+    app: WSGIApp = RegistryApp(storage, manifest_cache)
+    app = Authorization(app, security.access, security.authenticator)
+    app = Authentication(app, security.authenticator)
+    return SecurityHeaders(app)
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None,
+    security: SecuritySettings | None = None,
+    *,
+    client: Any = None,
+) -> WSGIApp:
+    """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
+    security first (it needs no S3), the caches where ``S3BLOBS_CACHE`` says, behind
+    ``S3BLOBS_TRUSTED_PROXIES``. ``client``: an S3 client to use instead of a new one
+    (``serve --data`` passes its single-owner client)."""
+    security = security or SecuritySettings.from_env(environ)
+    config = Config.from_env(environ)
+    caches = caches_from_config(config)
+    storage = S3BlobStorage(
+        config, caches.descriptors, location_cache=caches.locations, client=client
+    )
+    return BehindProxies(make_app(storage, security, caches.manifests), trusted_proxies(environ))

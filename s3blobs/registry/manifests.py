@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from itertools import islice
 from typing import Any
 
-from cachetools import LRUCache
-
+from ..caches import ValueCache
 from ..descriptor import Descriptor
 from ..digests import CANONICAL, Digest, parse_digest
 from ..errors import BlobError, BlobUnknown
@@ -23,14 +21,9 @@ from ..paths import is_valid_tag
 from ..s3 import delete_keys, list_objects, s3_errors
 from ..storage import S3BlobStorage
 from .errors import RegistryError, manifest_invalid, manifest_unknown
+from .validation import INDEX_TYPES, MANIFEST_TYPES, validate_manifest
 
 MAX_MANIFEST = 4 * 1024 * 1024
-INDEX_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
-)
 # Layers that live elsewhere (the manifest gives their urls): not required to be here.
 FOREIGN = (
     "application/vnd.docker.image.rootfs.foreign",
@@ -38,27 +31,13 @@ FOREIGN = (
 )
 
 
-class ManifestCache:
-    """Manifest bytes by digest (immutable, so no TTL), bounded by total size."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._cache: LRUCache[str, tuple[str, bytes]] = LRUCache(
-            maxsize=max_bytes, getsizeof=lambda item: len(item[1]) + 100
-        )
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> tuple[str, bytes] | None:
-        with self._lock:
-            return self._cache.get(digest)
-
-    def put(self, digest: str, media_type: str, body: bytes) -> None:
-        if len(body) + 100 <= self._cache.maxsize:
-            with self._lock:
-                self._cache[digest] = (media_type, body)
-
-
 class Manifests:
-    def __init__(self, storage: S3BlobStorage, name: str, cache: ManifestCache) -> None:
+    """``cache`` maps a manifest's digest to its (media type, bytes): immutable, so
+    never invalidated (every request resolves the reference through S3 first)."""
+
+    def __init__(
+        self, storage: S3BlobStorage, name: str, cache: ValueCache[tuple[str, bytes]]
+    ) -> None:
         self.storage, self.name, self.cache = storage, name, cache
         self.repo = storage.repository(name)
         self.paths = storage.paths
@@ -70,18 +49,8 @@ class Manifests:
         """Store a manifest; returns its digest and its subject's digest (or None)."""
         if len(body) > MAX_MANIFEST:
             raise RegistryError("MANIFEST_INVALID", 413, "manifest too large", len(body))
-        try:
-            manifest = json.loads(body)
-        except ValueError as exc:
-            raise manifest_invalid(f"not JSON: {exc}") from None
-        if not isinstance(manifest, dict):
-            raise manifest_invalid("a manifest is a JSON object")
-        declared = manifest.get("mediaType")
-        media_type = content_type.split(";")[0].strip() or declared
-        if not media_type:
-            raise manifest_invalid("no media type: send Content-Type or a mediaType field")
-        if declared and declared != media_type:
-            raise manifest_invalid(f"mediaType {declared!r} differs from Content-Type")
+        # Everything is checked, and everything to write is computed, before the first write.
+        media_type, manifest = validate_manifest(body, content_type)
         algorithm = CANONICAL
         if not is_valid_tag(reference):
             algorithm = parse_digest(reference).algorithm
@@ -95,22 +64,22 @@ class Manifests:
             )
         self._check_references(manifest, media_type)
         subject = self._subject(manifest)
+        referrer = _referrer_descriptor(manifest, media_type, len(body), str(digest))
         self.storage.blobs.put(media_type, body, digest_algorithm=digest.algorithm)
         self._put(self.paths.revision(self.name, digest), b"")
         if is_valid_tag(reference):
             self._put(self.paths.tag(self.name, reference), str(digest).encode())
         if subject is not None:
-            descriptor = _referrer_descriptor(manifest, media_type, len(body), str(digest))
             self._put(
-                self.paths.referrer(self.name, subject, digest), json.dumps(descriptor).encode()
+                self.paths.referrer(self.name, subject, digest), json.dumps(referrer).encode()
             )
-        self.cache.put(str(digest), media_type, body)
+        self.cache.put(str(digest), (media_type, body))
         return str(digest), str(subject) if subject else None
 
     def _check_references(self, manifest: dict[str, Any], media_type: str) -> None:
         """Every blob (or, for an index, every manifest) a manifest names must be in this
         repository, as S3 says now (never a cache)."""
-        if media_type in INDEX_TYPES or "manifests" in manifest:
+        if media_type in INDEX_TYPES:
             keys = {
                 child.digest: self.paths.revision(self.name, parse_digest(child.digest))
                 for child in _descriptors(manifest.get("manifests"))
@@ -163,8 +132,11 @@ class Manifests:
                 media_type = self.storage.blobs.stat(digest).media_type
             except BlobUnknown:
                 raise manifest_unknown(reference) from None
+            if media_type not in MANIFEST_TYPES:
+                # Stored before types were checked: never serve it as what it claimed.
+                media_type = "application/octet-stream"
             cached = (media_type, body)
-            self.cache.put(digest, media_type, body)
+            self.cache.put(digest, (media_type, body))
         return digest, cached[0], cached[1]
 
     def delete(self, reference: str) -> None:
@@ -274,7 +246,10 @@ def _referrer_descriptor(
     manifest: dict[str, Any], media_type: str, size: int, digest: str
 ) -> dict[str, Any]:
     descriptor: dict[str, Any] = {"mediaType": media_type, "size": size, "digest": digest}
-    artifact_type = manifest.get("artifactType") or manifest.get("config", {}).get("mediaType")
+    config = manifest.get("config")
+    artifact_type = manifest.get("artifactType") or (
+        config.get("mediaType") if isinstance(config, dict) else None
+    )
     if artifact_type:
         descriptor["artifactType"] = artifact_type
     if manifest.get("annotations"):
