@@ -34,6 +34,7 @@ completion, where S3 refuses a part whose ETag differs from the one recorded.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +62,8 @@ from .hashing import ResumableHash
 from .s3 import error_code, s3_errors
 from .store import DEFAULT_MEDIA_TYPE, BlobEntries
 from .uploads import Part, Piece, StoredState, UploadStore
+
+log = logging.getLogger(__name__)
 
 #: S3's limit on the parts of one multipart upload.
 MAX_PARTS = 10_000
@@ -183,13 +186,13 @@ class S3BlobWriter:
                 hash_state=self._hash_state if self._hasher is None else self._hasher.state(),
             )
             if state != self._stored.state:
-                try:
-                    self._uploads.save(self._stored, state)
-                finally:
-                    if new_piece is not None and new_piece not in self._stored.state.pieces:
-                        # Another request saved the same bytes first, or a different
-                        # state won: either way no state names this piece.
-                        self._uploads.delete_keys(self._piece_keys([new_piece]))
+                # A failed save leaves the new piece alone: the write may have happened
+                # with its answer lost, and a state may name it (gc sweeps it if not).
+                self._uploads.save(self._stored, state)
+                if new_piece is not None and new_piece not in self._stored.state.pieces:
+                    # Another request saved the same bytes first, and its state won:
+                    # no state names this piece.
+                    self._uploads.delete_keys(self._piece_keys([new_piece]))
             # Consumed pieces go only once the state that no longer names them is saved.
             self._uploads.delete_keys(self._consumed)
         self._end("closed")
@@ -298,7 +301,7 @@ class S3BlobWriter:
             if not self._seal(digest, keep_open_on_conflict=True):
                 self._link(descriptor)
                 return descriptor
-        self._uploads.abort(self._stored.state)
+        self._abort_quietly()
         self._finish(descriptor)
         return descriptor
 
@@ -375,8 +378,15 @@ class S3BlobWriter:
             raise
 
     def _finish(self, descriptor: Descriptor) -> None:
+        """Link the committed blob, then clean up. The blob is stored and linked once
+        the link is written: a failed cleanup is only garbage (gc and the bucket's
+        lifecycle rules sweep it, and a sealed state left over finishes again), never a
+        reason to tell the client its blob failed."""
         self._link(descriptor)
-        self._uploads.remove(self._stored.state, self._consumed)
+        try:
+            self._uploads.remove(self._stored.state, self._consumed)
+        except StorageError as exc:
+            log.warning("upload %s committed; its state stays for gc: %s", self.id[:100], exc)
 
     # Internals -------------------------------------------------------------------
 
@@ -408,6 +418,14 @@ class S3BlobWriter:
         if self._held is not None:
             held, self._held = self._held, None
             self._submit_part(*held)
+
+    def _abort_quietly(self) -> None:
+        """Abort the multipart upload a small blob did not need; one left open is
+        garbage that gc and lifecycle rules sweep, not a failed commit."""
+        try:
+            self._uploads.abort(self._stored.state)
+        except StorageError as exc:
+            log.warning("upload %s: multipart upload left for gc: %s", self.id[:100], exc)
 
     def _hash(self) -> ResumableHash:
         if self._hasher is None:
