@@ -69,7 +69,8 @@ class LocalStore:
         except OSError as exc:
             raise ConfigError(f"--data {self.directory}: {exc.strerror}") from None
         self._take_lock()
-        self.credentials = key, secret = secrets.token_hex(10).upper(), secrets.token_hex(20)
+        key, secret = secrets.token_hex(10).upper(), secrets.token_hex(20)
+        self.credentials = (key, secret)
         self._process = subprocess.Popen(
             [
                 binary,
