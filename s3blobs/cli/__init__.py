@@ -1,4 +1,4 @@
-"""The ``s3blobs`` command: a registry's blob storage on S3, from the shell.
+"""The s3blobs command: a registry's blob storage on S3, from the shell.
 
 Every command reads the same S3BLOBS_* configuration as the registry (see
 ``s3blobs serve --help`` for the list). Exit codes: 0 done, 1 not found, 2 bad
