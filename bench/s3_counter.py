@@ -17,11 +17,15 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from moto.server import DomainDispatcherApplication, create_backend_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
 #: A GET by a presigned URL: a client following the registry's redirect, not the registry.
 PRESIGNED_GET = "GetObject by a client's presigned URL"
+#: A HEAD by a presigned URL: a client following a HEAD's redirect (distribution does).
+PRESIGNED_HEAD = "HeadObject by a client's presigned URL"
+#: What clients ask S3 directly, not counted as the registry's requests.
+PRESIGNED = (PRESIGNED_GET, PRESIGNED_HEAD)
 
 ops: Counter[str] = Counter()
 written = Counter[str]()
@@ -35,6 +39,8 @@ def operation(method: str, path: str, query: dict[str, list[str]], environ: dict
         "HEAD": "HeadBucket" if is_bucket else "HeadObject",
         "DELETE": "AbortMultipartUpload" if "uploadId" in query else "DeleteObject",
     }
+    if method == "HEAD" and "X-Amz-Signature" in query:
+        return PRESIGNED_HEAD
     if method in table:
         return table[method]
     if method == "GET":
@@ -67,7 +73,8 @@ def copied_bytes(environ: dict[str, Any]) -> int:
 
     bucket, _, key = unquote(environ["HTTP_X_AMZ_COPY_SOURCE"]).lstrip("/").partition("/")
     backend = s3_backends["123456789012"]["global"]
-    return int(backend.get_object(bucket, key.split("?")[0]).size)
+    source = backend.get_object(bucket, key.split("?")[0])
+    return int(source.size) if source is not None else 0
 
 
 def app(moto: Any) -> Any:

@@ -19,7 +19,8 @@ import botocore.config
 
 # The benchmarks share helpers with the tests (image layouts, ports).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netutil import free_port, wait_for_port
+from netutil import free_port as free_port  # re-exported for the benchmarks
+from netutil import wait_for_port as wait_for_port
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")

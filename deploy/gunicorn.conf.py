@@ -48,3 +48,11 @@ control_socket_disable = True
 
 errorlog = "-"
 loglevel = os.environ.get("S3BLOBS_GUNICORN_LOG_LEVEL", "info")
+
+
+def when_ready(server):  # gunicorn calls it in the master once it listens
+    """With S3BLOBS_METRICS_ADDR and PROMETHEUS_MULTIPROC_DIR set, the master serves
+    the metrics of every worker, and the listener outlives worker restarts."""
+    from s3blobs.registry.metrics import gunicorn_when_ready
+
+    gunicorn_when_ready(server)

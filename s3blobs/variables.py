@@ -165,6 +165,38 @@ VARIABLES: tuple[Variable, ...] = (
         "none",
         "the certificate's private key",
     ),
+    Variable(
+        "S3BLOBS_METRICS_ADDR",
+        "off",
+        "serve Prometheus metrics on `HOST:PORT` (`:PORT` for every interface), apart "
+        "from the registry's port; `s3blobs serve --metrics-addr`",
+    ),
+    Variable(
+        "S3BLOBS_LOG_FORMAT",
+        "`text`",
+        "`text` or `json` (one object per line)",
+    ),
+    Variable(
+        "S3BLOBS_LOG_LEVEL",
+        "`info`",
+        "`debug`, `info` (one access line per request), `warning`, `error`, `critical`",
+    ),
+    Variable(
+        "S3BLOBS_NOTIFY_URLS",
+        "none",
+        "comma-separated `http(s)://` endpoints that receive push/delete events",
+    ),
+    Variable(
+        "S3BLOBS_NOTIFY_HEADERS",
+        "none",
+        "extra headers per endpoint: a JSON object, or the path of a TOML file, mapping "
+        "an endpoint URL (or `*` for all) to `{header: value}`",
+    ),
+    Variable(
+        "S3BLOBS_NOTIFY_PULLS",
+        "`false`",
+        "also send manifest and blob pull events",
+    ),
 )
 
 

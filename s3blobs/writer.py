@@ -33,6 +33,7 @@ completion, where S3 refuses a part whose ETag differs from the one recorded.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 from collections import deque
@@ -473,7 +474,11 @@ class S3BlobWriter:
                 f"a blob may hold at most {MAX_PARTS} parts; send larger chunks, "
                 "or raise S3BLOBS_PART_SIZE"
             )
-        self._inflight.append(self._pool().submit(self._upload_part, number, body, reserved))
+        # In the request's context: its S3 calls count, and log, as the request's.
+        upload = contextvars.copy_context().run
+        self._inflight.append(
+            self._pool().submit(upload, self._upload_part, number, body, reserved)
+        )
 
     def _pool(self) -> ThreadPoolExecutor:
         """This writer's threads for S3 transfers, started at the first need."""

@@ -9,6 +9,7 @@ moto); tests/test_replicas.py does the same with registry processes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -217,7 +218,17 @@ def test_manifests_are_shared(config: Config, redis_server: RedisServer) -> None
         RegistryApp(r.storage, RedisManifestCache(r.cache))
         for r in (replica(config, redis_server.url), replica(config, redis_server.url))
     )
-    manifest = b'{"schemaVersion": 2, "mediaType": "%s", "layers": []}' % MANIFEST.encode()
+    config_blob = a.storage.repository("team/app").put(
+        "application/vnd.oci.image.config.v1+json", b"{}"
+    )
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": config_blob.to_dict(),
+            "layers": [],
+        }
+    ).encode()
     put = Client(a).put(
         "/v2/team/app/manifests/v1", data=manifest, headers={"Content-Type": MANIFEST}
     )

@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import ssl
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,13 +72,23 @@ def add_parser(commands: Any) -> None:
         help="keep everything in DIR across restarts: a local S3 (rclone) that serve "
         "starts and stops; instead of S3BLOBS_BUCKET",
     )
+    serve.add_argument(
+        "--metrics-addr",
+        help="serve Prometheus metrics on HOST:PORT (S3BLOBS_METRICS_ADDR; off by default)",
+    )
     serve.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.metrics_addr:
+        os.environ["S3BLOBS_METRICS_ADDR"] = args.metrics_addr  # for gunicorn's master too
+    if os.environ.get("S3BLOBS_METRICS_ADDR") and not args.dev:
+        shared_metrics_dir()  # before prometheus_client is imported
+
     from ..config import Config
     from ..registry import create_app
     from ..registry.auth.settings import SecuritySettings, check_listen_address
+    from ..registry.settings import OperationsSettings
     from ..storage import S3BlobStorage
 
     environ = dict(os.environ)
@@ -94,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
             say(line)
         if store.kind == "local":
             args.workers = 1
-        args.access_log = store.kind != "bucket"  # a demo or local store logs each request
         config = Config.from_env(environ)  # a bad variable fails here, before anything listens
+        OperationsSettings.from_env(environ)  # S3BLOBS_METRICS_ADDR, _LOG_*, _NOTIFY_* too
         S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
         listener = _listen(args.host, args.port)
         port = listener.getsockname()[1]
@@ -138,6 +149,8 @@ def _serve_gunicorn(
 ) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from ..registry.metrics import gunicorn_when_ready
+
     options = {
         "bind": f"fd://{listener.fileno()}",
         "worker_class": "gthread",
@@ -146,8 +159,9 @@ def _serve_gunicorn(
         "timeout": 120,  # a silent worker; gthread workers heartbeat during long requests
         "graceful_timeout": 30,
         "keepalive": 5,
-        "accesslog": "-" if args.access_log else None,  # gunicorn's line per request
+        "accesslog": None,
         "control_socket_disable": True,  # one fixed path per user: replicas would collide
+        "when_ready": gunicorn_when_ready,  # the master serves every worker's metrics
         **({"certfile": certfile, "keyfile": keyfile} if certfile else {}),
     }
 
@@ -172,6 +186,14 @@ def _serve_dev(listener: socket.socket, app: WSGIApp, tls: ssl.SSLContext | None
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
+
+
+def shared_metrics_dir() -> None:
+    """Several workers: each writes its metrics to files in PROMETHEUS_MULTIPROC_DIR
+    and the master's listener serves their sum. A fresh directory unless one is given
+    (it must start empty); it is left in the temporary directory."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="s3blobs-metrics-")
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -49,11 +49,17 @@ from .errors import (
     translate,
     upload_invalid,
 )
+from .events import Notifier
 from .hardening import SecurityHeaders, WSGIApp
+from .health import HealthCheck, HealthEndpoint
+from .logformat import install_logging
 from .manifests import Manifests
+from .metrics import RegistryMetrics, serve_metrics
 from .pagination import next_link, page_size, page_start
 from .proxies import BehindProxies, trusted_proxies
+from .requestlog import RequestLog
 from .routes import match_route
+from .settings import OperationsSettings
 
 log = logging.getLogger(__name__)
 
@@ -348,15 +354,30 @@ def make_app(
     storage: S3BlobStorage,
     security: SecuritySettings | None = None,
     manifest_cache: ValueCache[tuple[str, bytes]] | None = None,
+    *,
+    operations: OperationsSettings | None = None,
+    health: HealthCheck | None = None,
+    notifier: Notifier | None = None,
 ) -> WSGIApp:
-    """The registry's WSGI pipeline, outermost first: security headers and input checks,
-    authentication (who), routing and authorization (may they, by the route table), the
-    handlers. ``security`` defaults to an open registry, as ``RegistryApp(storage)``."""
+    """The registry's WSGI pipeline, outermost first: the request id and access log
+    (metrics and events observe each finished request), security headers and input
+    checks, ``/healthz`` (it needs no credentials), authentication (who), routing and
+    authorization (may they, by the route table), the handlers. ``security`` defaults
+    to an open registry, as ``RegistryApp(storage)``; ``operations`` to a text log and
+    no events; ``health`` and ``notifier`` replace the ones it describes (tests tune
+    their timings)."""
     security = security or SecuritySettings()
+    operations = operations or OperationsSettings()
+    notifier = notifier or Notifier.from_settings(operations, storage)
+    observers = [RegistryMetrics(storage).observe]
+    if notifier is not None:
+        observers.append(notifier.observe)
     app: WSGIApp = RegistryApp(storage, manifest_cache)
     app = Authorization(app, security.access, security.authenticator)
     app = Authentication(app, security.authenticator)
-    return SecurityHeaders(app)
+    app = HealthEndpoint(app, health or HealthCheck(storage.config))
+    app = SecurityHeaders(app)
+    return RequestLog(app, observers)
 
 
 def create_app(
@@ -366,13 +387,20 @@ def create_app(
     client: Any = None,
 ) -> WSGIApp:
     """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
-    security first (it needs no S3), the caches where ``S3BLOBS_CACHE`` says, behind
-    ``S3BLOBS_TRUSTED_PROXIES``. ``client``: an S3 client to use instead of a new one
-    (``serve --data`` passes its single-owner client)."""
+    security and operations settings first (they need no S3), logging installed, the
+    caches where ``S3BLOBS_CACHE`` says, the metrics listener where
+    ``S3BLOBS_METRICS_ADDR`` says, all behind ``S3BLOBS_TRUSTED_PROXIES`` (outermost,
+    so the log and events see the client's address). ``client``: an S3 client to use
+    instead of a new one (``serve --data`` passes its single-owner client)."""
     security = security or SecuritySettings.from_env(environ)
+    operations = OperationsSettings.from_env(environ)
     config = Config.from_env(environ)
+    install_logging(operations)
     caches = caches_from_config(config)
     storage = S3BlobStorage(
         config, caches.descriptors, location_cache=caches.locations, client=client
     )
-    return BehindProxies(make_app(storage, security, caches.manifests), trusted_proxies(environ))
+    if operations.metrics_addr is not None:
+        serve_metrics(operations.metrics_addr)
+    app = make_app(storage, security, caches.manifests, operations=operations)
+    return BehindProxies(app, trusted_proxies(environ))

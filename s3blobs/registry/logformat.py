@@ -1,0 +1,150 @@
+"""The log's shape: text or JSON lines, each with the request id, none with a secret.
+
+``install_logging(settings)`` puts one handler on the root logger: every line,
+from any module, gets the id of the request being served (a logging.Filter
+reading the current request's contextvar), and is scrubbed of what must never
+be written (Authorization values, presigned URL signatures and credentials,
+passwords in URLs). botocore, urllib3 and werkzeug stay at WARNING whatever the
+level: botocore's DEBUG output carries signed request headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+from .requestlog import Exchange, current_exchange
+from .settings import OperationsSettings
+
+#: Libraries whose INFO/DEBUG output would repeat our access line or print secrets.
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "werkzeug", "moto")
+
+_SECRETS = [
+    # A header's whole value, whatever its scheme (AWS4-HMAC-SHA256 carries the key id).
+    re.compile(r"((?:Proxy-)?Authorization['\"]?\s*[:=]\s*(?:b?['\"])?)[^'\"\r\n]+", re.I),
+    re.compile(r"((?:X-Amz-)?(?:Signature|Credential|Security-Token)=)[^\s,&'\"]+", re.I),
+    re.compile(r"\b((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]+", re.I),
+    re.compile(
+        r"((?:password|passwd|secret|access_token|refresh_token|client_secret)"
+        r"['\"]?\s*[:=]\s*['\"]?)[^\s&'\",;}]+",
+        re.I,
+    ),
+    # A password in a URL: scheme://user:PASSWORD@host
+    re.compile(r"(://[^/\s:@'\"]+:)[^/\s@'\"]+(?=@)"),
+]
+# Checked first, as plain substrings of the lower-cased line (a regex alternation
+# costs ten times more): most lines hold none of them.
+_SUSPECT_WORDS = (
+    "authorization",
+    "signature=",
+    "credential=",
+    "security-token=",
+    "bearer",
+    "basic",
+    "passw",
+    "secret",
+    "token",
+    "@",
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every credential-looking value replaced by REDACTED."""
+    lowered = text.lower()
+    if not any(word in lowered for word in _SUSPECT_WORDS):
+        return text
+    for pattern in _SECRETS:
+        text = pattern.sub(r"\1REDACTED", text)
+    return text
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (the request being served, or '-') to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            exchange = current_exchange()
+            record.request_id = exchange.id if exchange is not None else "-"
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-27T10:00:00.123Z INFO s3blobs.access [id] GET /v2/ 200 ...``"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # One line per request: the timestamp is built once a second, not per line.
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        request_id = getattr(record, "request_id", "-")
+        line = (
+            f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
+            f"[{request_id}] {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return scrub(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request_id, message, and for
+    access lines method, path, status, bytes_in, bytes_out, duration_seconds,
+    s3_requests, user."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = time.gmtime(record.created)
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": scrub(record.getMessage()),
+        }
+        exchange = getattr(record, "exchange", None)
+        if isinstance(exchange, Exchange):  # an access line
+            line.update(exchange.log_fields())
+        if record.exc_info:
+            line["exception"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(line)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so a second install replaces it instead of doubling every line."""
+
+
+def install_logging(settings: OperationsSettings, stream: TextIO | None = None) -> logging.Handler:
+    """Log to ``stream`` (stderr) in the configured format and level; returns the handler."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
+    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setLevel(settings.log_level)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    for name in QUIET_LIBRARIES:
+        library = logging.getLogger(name)
+        library.setLevel(max(settings.log_level, logging.WARNING))
+        # A library's own handler (werkzeug adds one) would print unscrubbed lines.
+        for own in list(library.handlers):
+            library.removeHandler(own)
+    return handler
+
+
+def uninstall_logging(handler: logging.Handler) -> None:
+    logging.getLogger().removeHandler(handler)

@@ -1,0 +1,305 @@
+"""The outermost layer: one record per request, one log line when it is answered.
+
+:class:`RequestLog` gives each request its id (``context.request_id``), makes it
+the *current* request for the thread serving it (a contextvar: every log line
+written meanwhile carries the id, and every S3 request made for it is counted),
+counts the bytes in and out, and when the answer has been sent writes the access
+line and hands the finished :class:`Exchange` to its observers (metrics, events).
+Nothing here reads a header value into the log: the path is logged with only
+the query parameters the registry API defines, so no token or signature a
+client puts in a URL is ever written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from .auth.wsgi import IDENTITY
+from .context import REQUEST_ID_HEADER, request_id
+from .health import HEALTH_PATH
+from .routes import match_route
+
+#: The environ key of the request's Exchange, for layers inside this one.
+EXCHANGE = "s3blobs.exchange"
+
+ACCESS_LOG = logging.getLogger("s3blobs.access")
+log = logging.getLogger(__name__)
+
+#: Query parameters of the registry API, logged as sent; any other value is replaced by MASK.
+LOGGED_PARAMETERS = frozenset(
+    {"digest", "mount", "from", "n", "last", "digest-algorithm", "artifactType"}
+)
+
+MASK = "REDACTED"
+# What a registry path holds (names, tags, digests, upload ids) stays as it is.
+_PATH_SAFE = "/:@+=,"
+
+Observer = Callable[["Exchange"], None]
+
+
+class Exchange:
+    """One request and its answer, as the operator sees it."""
+
+    __slots__ = (
+        "_route",
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "environ",
+        "headers",
+        "id",
+        "method",
+        "params",
+        "path",
+        "s3_requests",
+        "started",
+        "status",
+    )
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.id = request_id(environ)
+        self.method: str = environ.get("REQUEST_METHOD", "GET")
+        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.started = time.perf_counter()
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.s3_requests = 0
+        self.duration = 0.0
+        self._route: str | None = None
+        self.params: dict[str, str] = {}
+
+    @property
+    def route(self) -> str:
+        """The API route's name ('blob', 'manifest', ...), 'healthz', or 'unknown'."""
+        if self._route is None:
+            # Matched once per request, by whichever layer asks first (routing does).
+            matched = match_route(self.environ)
+            if matched is not None:
+                self._route, self.params = matched.route.name, matched.params
+            else:
+                self._route = "healthz" if self.path == HEALTH_PATH else "unknown"
+        return self._route
+
+    @property
+    def query(self) -> str:
+        return str(self.environ.get("QUERY_STRING", ""))
+
+    @property
+    def user(self) -> str:
+        """Who authentication said this is, or '-' (anonymous, or no authentication)."""
+        identity = self.environ.get(IDENTITY)
+        name = getattr(identity, "name", None)
+        return str(name) if name else "-"
+
+    def header(self, name: str) -> str | None:
+        """A response header, or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def log_fields(self) -> dict[str, Any]:
+        """The access line's fields, for a structured log."""
+        return {
+            "method": self.method,
+            "path": self.logged_path(),
+            "status": self.status,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_seconds": round(self.duration, 6),
+            "s3_requests": self.s3_requests,
+            "user": self.user,
+        }
+
+    def logged_path(self) -> str:
+        """The path (percent-encoded again, so a decoded newline cannot forge a line)
+        and the API's own query parameters; other values are REDACTED."""
+        path = quote(self.path, safe=_PATH_SAFE)
+        if not self.query:
+            return path
+        pairs = [
+            f"{quote(key)}={quote(value, safe=':') if key in LOGGED_PARAMETERS else MASK}"
+            for key, value in parse_qsl(self.query, keep_blank_values=True)
+        ]
+        return path + "?" + "&".join(pairs)
+
+
+_current: ContextVar[Exchange | None] = ContextVar("s3blobs_exchange", default=None)
+
+
+def current_exchange() -> Exchange | None:
+    """The request the calling thread is serving, if any."""
+    return _current.get()
+
+
+class RequestLog:
+    """WSGI layer: request id, current-request context, byte counts, the access line."""
+
+    def __init__(self, app: Any, observers: Sequence[Observer] = ()) -> None:
+        self.app = app
+        self.observers = tuple(observers)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        exchange = Exchange(environ)
+        environ[EXCHANGE] = exchange
+        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get(
+            "HTTP_TRANSFER_ENCODING"
+        ):
+            environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], exchange)
+
+        def observed_start(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            exchange.status = int(status[:3])
+            exchange.headers = headers
+            # The layers inside spell the header as REQUEST_ID_HEADER does.
+            if not any(key == REQUEST_ID_HEADER for key, _ in headers):
+                headers.append((REQUEST_ID_HEADER, exchange.id))
+            return start_response(status, headers, exc_info)
+
+        token = _current.set(exchange)
+        try:
+            body = self.app(environ, observed_start)
+        except BaseException:
+            exchange.status = exchange.status or 500
+            self.finish(exchange)
+            raise
+        finally:
+            _reset(token)
+        return _ObservedBody(body, exchange, self.finish)
+
+    def finish(self, exchange: Exchange) -> None:
+        """The answer is sent (or abandoned): log it, then tell the observers. Called
+        with the exchange current, so what they log carries its id."""
+        exchange.duration = time.perf_counter() - exchange.started
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            # makeRecord + handle: what .info() does, without looking up the caller's
+            # frame (the access line has one caller, this one).
+            ACCESS_LOG.handle(
+                ACCESS_LOG.makeRecord(
+                    ACCESS_LOG.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "%s %s %d in=%d out=%d %.1fms s3=%d user=%s",
+                    (
+                        exchange.method,
+                        exchange.logged_path(),
+                        exchange.status,
+                        exchange.bytes_in,
+                        exchange.bytes_out,
+                        exchange.duration * 1000,
+                        exchange.s3_requests,
+                        exchange.user,
+                    ),
+                    None,
+                    extra={"request_id": exchange.id, "exchange": exchange},
+                )
+            )
+        for observe in self.observers:
+            try:
+                observe(exchange)
+            except Exception:
+                # Watching the registry must never break it.
+                log.exception("observer %r failed", observe)
+
+
+def _reset(token: Token[Exchange | None]) -> None:
+    # try/except, not contextlib.suppress: this runs three times a request, and
+    # suppress costs a context manager each time.
+    try:  # noqa: SIM105
+        _current.reset(token)
+    except ValueError:  # a body closed from another context (by garbage collection)
+        pass
+
+
+class _ObservedBody:
+    """The app's response body, counted as it is sent; finishes the exchange once."""
+
+    __slots__ = ("_body", "_exchange", "_finish", "_finished")
+
+    def __init__(
+        self, body: Iterable[bytes], exchange: Exchange, finish: Callable[[Exchange], None]
+    ) -> None:
+        self._body = body
+        self._exchange = exchange
+        self._finish = finish
+        self._finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        token = _current.set(self._exchange)
+        try:
+            for chunk in self._body:
+                self._exchange.bytes_out += len(chunk)
+                yield chunk
+            self._done()
+        finally:
+            _reset(token)
+
+    def close(self) -> None:
+        token = _current.set(self._exchange)
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+            _reset(token)
+
+    def _done(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._finish(self._exchange)
+
+
+class _CountingInput:
+    """``wsgi.input`` that counts the bytes the app reads."""
+
+    __slots__ = ("_exchange", "_stream")
+
+    def __init__(self, stream: Any, exchange: Exchange) -> None:
+        self._stream = stream
+        self._exchange = exchange
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.read(size)
+        self._exchange.bytes_in += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.readline(size)
+        self._exchange.bytes_in += len(data)
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(hint)
+        self._exchange.bytes_in += sum(map(len, lines))
+        return lines
+
+    def readinto(self, buffer: Any) -> int:
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:
+            data = self._stream.read(len(buffer))
+            buffer[: len(data)] = data
+            count = len(data)
+        else:
+            count = int(readinto(buffer) or 0)
+        self._exchange.bytes_in += count
+        return count
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
