@@ -28,6 +28,10 @@ class BlobUnknown(BlobError):
     """No such blob (in this repository, for a repository's store)."""
 
 
+class ManifestUnknown(BlobUnknown):
+    """No manifest by this tag or digest in the repository."""
+
+
 class BlobUploadUnknown(BlobError):
     """No upload has this id: never started, committed, cancelled, or garbage."""
 

@@ -162,6 +162,13 @@ class Paths:
             return None
         return token
 
+    def upload_of_state_key(self, key: str) -> str | None:
+        """The writer id whose state is ``key``, or None for any other key."""
+        token, sep, rest = key[len(self.uploads_root) :].partition("/")
+        if not key.startswith(self.uploads_root) or rest != "state" or not sep:
+            return None
+        return token if is_valid_upload_token(token) else None
+
     def upload_piece(self, token: str, name: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{32}", name):
             raise ValueError(f"not a piece name: {name[:80]!r}")

@@ -41,6 +41,9 @@ from .writer import S3BlobWriter
 
 log = logging.getLogger(__name__)
 
+#: The repository an upload of the global store records: none (no name is empty).
+GLOBAL_SCOPE = ""
+
 
 class BlobStore:
     """What both stores share: stat, get, open, delete through a descriptor service."""
@@ -84,6 +87,31 @@ class BlobStore:
 
 class GlobalBlobStore(BlobStore):
     """Every blob in the bucket, whatever repositories link it."""
+
+    def __init__(
+        self,
+        entries: BlobEntries,
+        descriptors: BlobDescriptorService,
+        uploads: UploadStore | None = None,
+    ) -> None:
+        super().__init__(entries, descriptors)
+        self._uploads = uploads
+
+    def create(self, *, digest_algorithm: str = CANONICAL) -> S3BlobWriter:
+        """Start an upload of a blob that no repository links (``s3blobs put`` without
+        ``--repo``); resumable by ``resume(id)`` on the global store only."""
+        hasher = ResumableHash(check_algorithm(digest_algorithm))
+        stored = self._upload_store().start(GLOBAL_SCOPE, hasher.algorithm, hasher.state())
+        return S3BlobWriter(self._upload_store(), self._entries, stored, _no_link)
+
+    def resume(self, writer_id: str) -> S3BlobWriter:
+        stored = self._upload_store().load(writer_id, GLOBAL_SCOPE)
+        return S3BlobWriter(self._upload_store(), self._entries, stored, _no_link)
+
+    def _upload_store(self) -> UploadStore:
+        if self._uploads is None:
+            raise TypeError("this global store was made without an upload store")
+        return self._uploads
 
     def _require(self, digest: str) -> None:
         parse_digest(digest)  # reading the entry itself answers BlobUnknown
@@ -234,6 +262,10 @@ class RepositoryBlobStore(BlobStore):
 
     def __repr__(self) -> str:
         return f"RepositoryBlobStore({self.name!r})"
+
+
+def _no_link(descriptor: Descriptor) -> None:
+    """Blobs of the global store are linked nowhere."""
 
 
 def _put_small(entries: BlobEntries, media_type: str, data: bytes, algorithm: str) -> Descriptor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,6 +10,8 @@ from typing import Any
 
 import boto3
 import botocore.config
+import botocore.loaders
+import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Config
@@ -42,12 +45,21 @@ def make_client(config: Config) -> Any:
         max_pool_connections=max(10, 4 * config.max_concurrency),
         user_agent_extra="s3blobs",
     )
-    return boto3.session.Session().client(
+    session = botocore.session.get_session()
+    # A fresh session (credentials are resolved anew for each client), sharing one
+    # loader of botocore's JSON models: reading them costs ~0.3 s per client otherwise.
+    session.register_component("data_loader", _model_loader())
+    return boto3.session.Session(botocore_session=session).client(
         "s3",
         region_name=config.region,
         endpoint_url=config.endpoint_url,
         config=client_config,
     )
+
+
+@functools.cache
+def _model_loader() -> Any:
+    return botocore.loaders.create_loader()
 
 
 def error_code(exc: BaseException) -> str:

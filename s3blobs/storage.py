@@ -9,6 +9,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .cache_backend import caches_from_config
 from .caches import ValueCache
+from .catalog import Catalog
 from .config import Config
 from .descriptors import (
     BlobDescriptorService,
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 class S3BlobStorage:
     """Blob storage on one bucket: ``storage.blobs`` is the global store,
-    ``storage.repository(name)`` a repository's.
+    ``storage.repository(name)`` a repository's, ``storage.catalog`` lists what the
+    bucket holds (tags, manifests, open uploads).
 
     ``descriptor_service_factory`` wraps every descriptor service (global and per
     repository): pass a :class:`DescriptorCacheFactory`, or any object with a
@@ -62,7 +64,10 @@ class S3BlobStorage:
         if check_bucket:
             self._check_bucket()
             self.fence.prime()
-        self.blobs = GlobalBlobStore(self._entries, self._wrap(GlobalDescriptors(self._entries)))
+        self.blobs = GlobalBlobStore(
+            self._entries, self._wrap(GlobalDescriptors(self._entries)), self._uploads
+        )
+        self.catalog = Catalog(self.client, config.bucket, self.paths, self.blobs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> S3BlobStorage:

@@ -252,3 +252,15 @@ def test_warm_manifest_get_is_two_requests(client: Client, storage: S3BlobStorag
     calls = S3Calls(storage.client)
     assert client.get("/v2/m/app/manifests/v1").data == body
     assert calls.ops == ["GetObject", "HeadObject"]  # the tag, the revision link
+
+
+@pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "sha256:totallywrong", "a%20b"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+def test_a_reference_that_is_neither_tag_nor_digest_is_unknown(
+    client: Client, reference: str, method: str
+) -> None:
+    """As the OCI conformance suite expects: 404 MANIFEST_UNKNOWN, not 400."""
+    response = client.open(f"/v2/library/app/manifests/{reference}", method=method)
+    assert response.status_code == 404
+    if method != "HEAD":
+        assert json.loads(response.data)["errors"][0]["code"] == "MANIFEST_UNKNOWN"

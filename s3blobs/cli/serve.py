@@ -1,9 +1,8 @@
 """``s3blobs serve``: the registry, on gunicorn (threaded workers), or with ``--dev`` on
 werkzeug's development server.
 
-Without ``S3BLOBS_BUCKET``, ``serve`` starts an embedded S3 (a moto server on
-loopback, in this process, in memory) so that the registry runs on a machine with no
-AWS account: a demo, not storage.
+With ``S3BLOBS_BUCKET`` it serves that bucket; with ``--data DIR`` a persistent local
+store in DIR; with neither an embedded S3 in memory, a demo (see :mod:`serve_store`).
 
 gunicorn, because a registry's requests are long and many: its gthread workers run a
 bounded number of threads, stream request bodies to the app, heartbeat while a
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import socket
 import ssl
@@ -25,19 +23,26 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ConfigError
+from ..variables import help_text
+from . import serve_store
 from .output import say
 
-EMBEDDED_BUCKET = "s3blobs"
+DESCRIPTION = """Run the OCI distribution registry on gunicorn.
+
+Storage: the bucket S3BLOBS_BUCKET names; or, with --data DIR, a persistent local S3
+in DIR (rclone, started and stopped by serve); or, with neither, an embedded S3 that
+lives in this process's memory (a demo). The first lines say which, where the
+registry listens, and whether blobs are redirected to S3 or streamed."""
+LISTEN_NOTE = "A non-loopback --host needs authentication, or S3BLOBS_AUTH=none set explicitly."
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def add_parser(commands: Any) -> None:
-    from ..registry.auth.settings import HELP
-
     serve = commands.add_parser(
         "serve",
         help="run the OCI registry",
-        epilog=HELP,
+        description=DESCRIPTION,
+        epilog=help_text() + "\n\n" + LISTEN_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -60,6 +65,12 @@ def add_parser(commands: Any) -> None:
     )
     serve.add_argument(
         "--dev", action="store_true", help="werkzeug's development server instead of gunicorn"
+    )
+    serve.add_argument(
+        "--data",
+        metavar="DIR",
+        help="keep everything in DIR across restarts: a local S3 (rclone) that serve "
+        "starts and stops; instead of S3BLOBS_BUCKET",
     )
     serve.add_argument(
         "--metrics-addr",
@@ -86,33 +97,34 @@ def run(args: argparse.Namespace) -> int:
     security = SecuritySettings.from_env(environ, tls_cert=args.tls_cert, tls_key=args.tls_key)
     check_listen_address(args.host, security)
     tls = security.ssl_context()
-    if not environ.get("S3BLOBS_BUCKET"):
-        endpoint = start_embedded_s3()
-        environ.update(
-            S3BLOBS_BUCKET=EMBEDDED_BUCKET,
-            S3BLOBS_ENDPOINT_URL=endpoint,
-            S3BLOBS_REGION="us-east-1",
-            S3BLOBS_ADDRESSING_STYLE="path",
-        )
-        os.environ.update(environ)  # gunicorn's workers build their storage from it
-        say(f"no S3BLOBS_BUCKET: started an embedded S3 (moto) at {endpoint}")
-        say(f"bucket {EMBEDDED_BUCKET!r} lives in this process's memory and ends with it")
-    config = Config.from_env(environ)  # a bad variable fails here, before anything listens
-    OperationsSettings.from_env(environ)  # S3BLOBS_METRICS_ADDR, _LOG_*, _NOTIFY_* too
-    S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
-    listener = _listen(args.host, args.port)
-    port = listener.getsockname()[1]
-    server = "werkzeug (development)" if args.dev else f"gunicorn, {args.workers} workers"
-    scheme = "https" if tls else "http"
-    say(f"registry on {scheme}://{args.host}:{port} (bucket {config.bucket!r}; {server})")
-    say(f"authentication: {security.mode}")
+    store = serve_store.choose(args, environ)  # starts an embedded or local S3 if asked
+    try:
+        environ.update(store.environ)
+        os.environ.update(store.environ)  # gunicorn's workers build their storage from it
+        for line in store.lines:
+            say(line)
+        if store.kind == "local":
+            args.workers = 1
+        config = Config.from_env(environ)  # a bad variable fails here, before anything listens
+        OperationsSettings.from_env(environ)  # S3BLOBS_METRICS_ADDR, _LOG_*, _NOTIFY_* too
+        S3BlobStorage(config)  # and so does a missing bucket (one HeadBucket)
+        listener = _listen(args.host, args.port)
+        port = listener.getsockname()[1]
+        workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
+        server = "werkzeug (development)" if args.dev else f"gunicorn, {workers}"
+        scheme = "https" if tls else "http"
+        say(f"registry on {scheme}://{args.host}:{port} (bucket {config.bucket!r}; {server})")
+        say(f"authentication: {security.mode}")
 
-    def build() -> WSGIApp:
-        return with_read_timeout(create_app(environ, security), args.read_timeout)
+        def build() -> WSGIApp:
+            app = create_app(environ, security, client=store.client(environ))
+            return with_read_timeout(app, args.read_timeout)
 
-    if args.dev:
-        return _serve_dev(listener, build(), tls)
-    return _serve_gunicorn(listener, build, args, security.tls_cert, security.tls_key)
+        if args.dev:
+            return _serve_dev(listener, build(), tls)
+        return _serve_gunicorn(listener, build, args, security.tls_cert, security.tls_key)
+    finally:
+        store.stop()
 
 
 def with_read_timeout(app: WSGIApp, seconds: float) -> WSGIApp:
@@ -221,26 +233,3 @@ def _positive(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: expected 1 or more")
     return value
-
-
-def start_embedded_s3() -> str:
-    try:
-        import boto3
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        raise ConfigError(
-            "S3BLOBS_BUCKET is not set and the embedded S3 needs moto: "
-            "pip install 's3blobs[embedded]', or set S3BLOBS_BUCKET"
-        ) from None
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    # The embedded store checks no credentials; boto3 still wants some to sign with.
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "s3blobs-embedded")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "s3blobs-embedded")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-        Bucket=EMBEDDED_BUCKET
-    )
-    return endpoint

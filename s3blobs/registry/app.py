@@ -381,19 +381,25 @@ def make_app(
 
 
 def create_app(
-    environ: Mapping[str, str] | None = None, security: SecuritySettings | None = None
+    environ: Mapping[str, str] | None = None,
+    security: SecuritySettings | None = None,
+    *,
+    client: Any = None,
 ) -> WSGIApp:
     """The app configured from ``S3BLOBS_*`` (for gunicorn: ``s3blobs.registry:create_app()``):
     security and operations settings first (they need no S3), logging installed, the
     caches where ``S3BLOBS_CACHE`` says, the metrics listener where
     ``S3BLOBS_METRICS_ADDR`` says, all behind ``S3BLOBS_TRUSTED_PROXIES`` (outermost,
-    so the log and events see the client's address)."""
+    so the log and events see the client's address). ``client``: an S3 client to use
+    instead of a new one (``serve --data`` passes its single-owner client)."""
     security = security or SecuritySettings.from_env(environ)
     operations = OperationsSettings.from_env(environ)
     config = Config.from_env(environ)
     install_logging(operations)
     caches = caches_from_config(config)
-    storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
+    storage = S3BlobStorage(
+        config, caches.descriptors, location_cache=caches.locations, client=client
+    )
     if operations.metrics_addr is not None:
         serve_metrics(operations.metrics_addr)
     app = make_app(storage, security, caches.manifests, operations=operations)

@@ -136,7 +136,12 @@ class Manifests:
             if body is None:
                 raise manifest_unknown(reference)
             reference = body.decode()
-        digest = parse_digest(reference)
+        try:
+            digest = parse_digest(reference)
+        except BlobError:
+            # Neither a tag nor a digest: no manifest can have that name (the OCI
+            # conformance suite expects 404 here, not 400).
+            raise manifest_unknown(reference) from None
         if not self._exists(self.paths.revision(self.name, digest)):
             raise manifest_unknown(reference)
         return str(digest)
