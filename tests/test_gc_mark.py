@@ -9,6 +9,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 from conftest import BUCKET
 from gcsupport import (
     FOREIGN,
@@ -22,6 +24,7 @@ from gcsupport import (
     has_entry,
 )
 from s3blobs import S3BlobStorage
+from s3blobs.gc import listing
 
 
 def test_every_revision_keeps_what_it_names(s3: Any) -> None:
@@ -147,3 +150,20 @@ def test_foreign_layers_need_not_exist(s3: Any) -> None:
     for blob in (config, digest_of(pushed_foreign), digest_of(b"a normal layer"), digest):
         assert has_entry(s3, BUCKET, blob)
     assert registry.manifest_exists("team/win", "ltsc")
+
+
+def test_repositories_are_listed_in_ranges_each_key_once(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Names that sort around each other's separators: "a-b/" < "a.b/" < "a/" < "a_b/".
+    names = ["a", "a-b", "a.b", "a/b", "a/b-c", "a_b", "a.b.c/d", "ab", "b", "z9/x"]
+    storage = S3BlobStorage(gc_config(BUCKET))
+    registry = Registry(storage)
+    for name in names:
+        registry.image(name, "v1", [f"layer of {name}".encode()])
+    for ranges in (1, 2, 3, 64):
+        monkeypatch.setattr(listing, "MAX_RANGES", ranges)
+        report = storage.collect_garbage(settle=0, progress=False, dry_run=True)
+        assert report.listed["revisions"] == len(names), ranges
+        assert report.listed["links"] == 2 * len(names) and report.listed["tags"] == len(names)
+        assert report.kept["manifests"] == len(names)

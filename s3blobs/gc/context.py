@@ -24,6 +24,15 @@ SLACK = 1.0
 DELETE_BATCH = 1000
 
 
+@dataclass(frozen=True)
+class KeyRange:
+    """Keys under ``prefix``, after ``start_after`` and before ``end`` (when given)."""
+
+    prefix: str
+    start_after: str = ""
+    end: str = ""
+
+
 @dataclass
 class GcContext:
     client: Any
@@ -68,17 +77,31 @@ class GcContext:
         on_page: Callable[[list[dict[str, Any]]], None],
         action: str,
     ) -> None:
-        """List every prefix side by side, a page (1,000 keys) at a time; ``on_page``
+        """List every prefix side by side, a page (1,000 keys) at a time."""
+        self.list_ranges([KeyRange(prefix) for prefix in prefixes], on_page, action)
+
+    def list_ranges(
+        self,
+        ranges: Sequence[KeyRange],
+        on_page: Callable[[list[dict[str, Any]]], None],
+        action: str,
+    ) -> None:
+        """List every range side by side, a page (1,000 keys) at a time; ``on_page``
         runs on the pool's threads and must guard what it shares."""
 
-        def list_one(prefix: str) -> None:
+        def list_one(keys: KeyRange) -> None:
+            args = {"Bucket": self.bucket, "Prefix": keys.prefix}
+            if keys.start_after:
+                args["StartAfter"] = keys.start_after
             with s3_errors(action):
-                for page in self.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=prefix
-                ):
-                    on_page(page.get("Contents", []))
+                for page in self.client.get_paginator("list_objects_v2").paginate(**args):
+                    items = page.get("Contents", [])
+                    if keys.end and items and items[-1]["Key"] >= keys.end:
+                        on_page([item for item in items if item["Key"] < keys.end])
+                        return  # the next range lists the rest; no further page is fetched
+                    on_page(items)
 
-        self.map(list_one, prefixes)
+        self.map(list_one, ranges)
 
     def delete(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import string
 import sys
 import threading
 from collections import defaultdict
@@ -22,10 +21,10 @@ from ..errors import BlobUploadUnknown
 from ..paths import RepositoryKey
 from ..s3 import s3_errors
 from ..uploads import UploadState, upload_id_of
-from .context import GcContext
+from .context import GcContext, KeyRange
 
-#: Repository names start with a lower-case letter or a digit.
-NAME_STARTS = string.ascii_lowercase + string.digits
+#: The most ranges ``repositories/`` is listed in at once.
+MAX_RANGES = 64
 
 
 @dataclass(slots=True)
@@ -220,9 +219,9 @@ def list_data(ctx: GcContext, inventory: Inventory) -> None:
 def list_repositories(
     ctx: GcContext, watch: frozenset[str] = frozenset(), again: bool = False
 ) -> RepositoryListing:
-    """One pass over ``repositories/``: one listing per first character in use (at
-    most 36), side by side. The link keys of digests in ``watch`` are kept. The report
-    counts what the first pass (not ``again``) listed."""
+    """One pass over ``repositories/``, in ranges listed side by side. The link keys
+    of digests in ``watch`` are kept. The report counts what the first pass (not
+    ``again``) listed."""
     listing = RepositoryListing(watch=watch)
     lock = threading.Lock()
     phase = ctx.progress.phase("re-reading repositories" if again else "listing repositories")
@@ -240,24 +239,37 @@ def list_repositories(
         phase.update(len(items))
 
     with phase:
-        ctx.list_prefixes(_repository_prefixes(ctx), on_page, "listing repositories")
+        ctx.list_ranges(_repository_ranges(ctx), on_page, "listing repositories")
     return listing
 
 
-def _repository_prefixes(ctx: GcContext) -> list[str]:
-    """``repositories/<c>`` for each first character of the names there: one listing
-    by ``/`` tells them (a page per 1,000 first components of names)."""
+def _repository_ranges(ctx: GcContext) -> list[KeyRange]:
+    """``repositories/`` cut into at most ``MAX_RANGES`` ranges of consecutive first
+    components of names (``library/``, ``team3/``...), listed side by side: one
+    listing by ``/`` tells them (a page per 1,000 components)."""
     root = ctx.paths.repositories_root
-    starts: set[str] = set()
+    components: list[str] = []
     with s3_errors("listing repositories"):
         pages = ctx.client.get_paginator("list_objects_v2").paginate(
             Bucket=ctx.bucket, Prefix=root, Delimiter="/"
         )
         for page in pages:
-            starts.update(
-                p["Prefix"][len(root) : len(root) + 1] for p in page.get("CommonPrefixes", ())
-            )
-    return [f"{root}{c}" for c in sorted(starts & set(NAME_STARTS))]
+            components += [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+    if not components:
+        return [KeyRange(root)]
+    step = -(-len(components) // MAX_RANGES)
+    firsts = components[::step]
+    # A range starts after every key of the components before it: the first component
+    # with its '/' turned into ".~" sorts after "<name>.<anything>/" and "<name>-...",
+    # and before "<name>/..." (names are [a-z0-9._-] components joined by '/').
+    return [
+        KeyRange(
+            root,
+            start_after=first[:-1] + ".~" if i else "",
+            end=firsts[i + 1] if i + 1 < len(firsts) else "",
+        )
+        for i, first in enumerate(firsts)
+    ]
 
 
 def _take(listing: RepositoryListing, key: RepositoryKey, item: dict[str, Any]) -> None:
