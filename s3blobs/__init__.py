@@ -5,6 +5,7 @@ from .config import Config
 from .descriptor import Descriptor
 from .digests import Digest, parse_digest
 from .errors import (
+    BlobBeingCollected,
     BlobDigestUnsupported,
     BlobError,
     BlobExists,
@@ -31,6 +32,7 @@ from .storage import S3BlobStorage
 from .writer import S3BlobWriter
 
 __all__ = [
+    "BlobBeingCollected",
     "BlobDigestUnsupported",
     "BlobError",
     "BlobExists",

@@ -63,6 +63,9 @@ class Config:
     cache_ttl: float = 60.0
     #: ``memory``, or a ``redis://`` / ``rediss://`` URL (out of repr: it may hold a password).
     cache: str = field(default="memory", repr=False)
+    #: The grace period of garbage collection, seconds: the default of ``s3blobs gc
+    #: --grace``, and twice the age at which the registry refreshes a link it confirms.
+    gc_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         _check(self)
@@ -101,6 +104,7 @@ class Config:
             "cache_size": get("CACHE_SIZE", _int, cls.cache_size),
             "cache_ttl": get("CACHE_TTL", _float, cls.cache_ttl),
             "cache": get("CACHE", _text, "memory"),
+            "gc_grace": get("GC_GRACE", _duration, cls.gc_grace),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -175,6 +179,25 @@ def _size(name: str, raw: str) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise ConfigError(f"{name}={raw!r}: expected a size in bytes, or with KiB/MiB/GiB")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``2h``, ``7d`` (or a bare number of seconds);
+    ValueError for anything else."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", raw.strip().lower())
+    if not match:
+        raise ValueError(f"{raw!r}: expected a duration like 90s, 30m, 2h or 7d")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _duration(name: str, raw: str) -> float:
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={exc}") from None
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -264,3 +287,8 @@ def _check(config: Config) -> None:
     if config.cache_ttl <= 0:
         raise ConfigError(f"S3BLOBS_CACHE_TTL={config.cache_ttl}: expected seconds > 0")
     _check_cache(config.cache)
+    if config.gc_grace < config.cache_ttl:
+        raise ConfigError(
+            f"S3BLOBS_GC_GRACE={config.gc_grace:g}s is below S3BLOBS_CACHE_TTL="
+            f"{config.cache_ttl:g}s: a cached 'exists' may outlive a shorter grace"
+        )

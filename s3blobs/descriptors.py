@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import threading
+import time
+from typing import Any, NamedTuple, Protocol
+
+from cachetools import LRUCache
 
 from .descriptor import Descriptor
 from .digests import CANONICAL, parse_digest
@@ -76,21 +80,81 @@ class GlobalDescriptors:
         self._entries.delete(parse_digest(digest))
 
 
+class LinkSeen(NamedTuple):
+    """A link as S3 last showed it to this process."""
+
+    modified: float  # its LastModified, seconds since the epoch
+    etag: str
+
+
+class LinkAges:
+    """The last LastModified and ETag this process saw of each (repository, digest)
+    link, bounded; what lets a repository tell an old link from a young one without
+    asking S3 when its descriptor cache answers (see ``RepositoryBlobStore.confirm``).
+    A LastModified only grows while the link exists, so a remembered one is a lower
+    bound."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self._seen: LRUCache[tuple[str, str], LinkSeen] = LRUCache(maxsize=maxsize)
+        self._lock = threading.Lock()
+
+    def get(self, scope: str, digest: str) -> LinkSeen | None:
+        with self._lock:
+            return self._seen.get((scope, digest))
+
+    def put(self, scope: str, digest: str, seen: LinkSeen) -> None:
+        with self._lock:
+            self._seen[(scope, digest)] = seen
+
+    def forget(self, scope: str, digest: str) -> None:
+        with self._lock:
+            self._seen.pop((scope, digest), None)
+
+
 class LinkedDescriptors:
     """Descriptors of the blobs linked into one repository.
 
     stat is a HeadObject on the link and one on the entry (the entry can be gone
     under a stale link, after garbage collection); clear removes the link only.
+    Every answer about a link is remembered in ``ages`` (when given).
     """
 
-    def __init__(self, entries: BlobEntries, repository: str) -> None:
+    def __init__(self, entries: BlobEntries, repository: str, ages: LinkAges | None = None) -> None:
         self._entries = entries
         self.scope = repository
+        self._ages = ages if ages is not None else LinkAges(maxsize=1)
 
     def stat(self, digest: str) -> Descriptor:
         parsed = parse_digest(digest)
-        self._head_link(digest)
+        self.head_link(digest)
         return self._entries.stat(parsed)
+
+    def seen(self, digest: str) -> LinkSeen | None:
+        """What this process last saw of the link, without asking S3."""
+        return self._ages.get(self.scope, str(parse_digest(digest)))
+
+    def forget(self, digest: str) -> None:
+        self._ages.forget(self.scope, str(parse_digest(digest)))
+
+    def head_link(self, digest: str) -> LinkSeen:
+        """The link as S3 has it now; BlobUnknown if there is none."""
+        response = self._head_link(digest)
+        seen = LinkSeen(response["LastModified"].timestamp(), response["ETag"])
+        self._ages.put(self.scope, str(parse_digest(digest)), seen)
+        return seen
+
+    def refresh(self, digest: str, seen: LinkSeen) -> None:
+        """Rewrite an existing link so that its LastModified is now. Conditional on the
+        ETag, so it never re-creates a link that was deleted meanwhile: BlobUnknown."""
+        unknown = lambda: BlobUnknown(f"{digest} in {self.scope}")  # noqa: E731
+        started = time.time()
+        with s3_errors(
+            f"refreshing {digest} in {self.scope}", not_found=unknown, precondition_failed=unknown
+        ):
+            response = self._entries.client.put_object(
+                Bucket=self._entries.bucket, Key=self._key(digest), Body=b"", IfMatch=seen.etag
+            )
+        self._remember_write(digest, started, response)
 
     def set_descriptor(self, digest: str, descriptor: Descriptor) -> None:
         # The link is written by the store that links the blob; nothing to add here.
@@ -98,14 +162,27 @@ class LinkedDescriptors:
 
     def clear(self, digest: str) -> None:
         self._head_link(digest)
+        self.unlink(digest)
+
+    def unlink(self, digest: str) -> None:
+        """Delete the link, whether or not it exists."""
+        self.forget(digest)
         with s3_errors(f"unlinking {digest}"):
             self._entries.client.delete_object(Bucket=self._entries.bucket, Key=self._key(digest))
 
     def link(self, digest: str) -> None:
+        started = time.time()
         with s3_errors(f"linking {digest} into {self.scope}"):
-            self._entries.client.put_object(
+            response = self._entries.client.put_object(
                 Bucket=self._entries.bucket, Key=self._key(digest), Body=b""
             )
+        self._remember_write(digest, started, response)
+
+    def _remember_write(self, digest: str, started: float, response: Any) -> None:
+        # S3 does not return the new LastModified; the moment the write began is a
+        # lower bound on it (in whole seconds, as S3 keeps them).
+        seen = LinkSeen(float(int(started)), response["ETag"])
+        self._ages.put(self.scope, str(parse_digest(digest)), seen)
 
     def _key(self, digest: str) -> str:
         return self._entries.paths.link(self.scope, parse_digest(digest))

@@ -82,6 +82,10 @@ class UploadBufferFull(StorageThrottled):
     """The process holds as many upload bytes as S3BLOBS_MAX_BUFFER allows: retry later."""
 
 
+class BlobBeingCollected(StorageThrottled):
+    """A running garbage collection is deleting this blob: retry once it is done."""
+
+
 class RepositoryNameInvalid(ValueError):
     """A repository name outside the OCI distribution grammar."""
 

@@ -8,6 +8,7 @@ Layout, under the optional prefix::
     repositories/<name>/_manifests/...          revisions, tags and referrers
     _uploads/<writer id>/state                  an open upload's state
     _uploads/<writer id>/piece.<uuid>           a buffered tail, appended at each close
+    _gc/fence, _gc/<run>/<hh>                   what a running gc is deleting (s3blobs.fence)
 
 Every argument arrives validated (digests by :mod:`digests`, names by :mod:`names`,
 writer ids by :func:`check_upload_token`), so no key can escape its place.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .digests import Digest, parse_digest
@@ -29,6 +31,20 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 # A data object's name: its creation time (milliseconds since the epoch, 12 hex digits),
 # then 80 random bits; or a bare uuid4 hex, as the first releases wrote.
 _DATA_NAME = re.compile(r"(?:(?P<ms>[0-9a-f]{12})-[0-9a-f]{20})|[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class RepositoryKey:
+    """What a key under ``repositories/`` is: a ``link``, a ``revision``, a ``tag`` or a
+    ``referrer`` entry, of repository ``name``. ``digest`` is the linked blob, the
+    revision's manifest or the referrer; ``subject`` the referrer's subject; ``tag``
+    the tag's name."""
+
+    name: str
+    kind: str
+    digest: str = ""
+    subject: str = ""
+    tag: str = ""
 
 
 def is_valid_upload_token(token: object) -> bool:
@@ -50,6 +66,7 @@ class Paths:
         self.uploads_root = f"{self.root}{UPLOADS}"
         self.data_root = f"{self.root}data/"
         self.repositories_root = f"{self.root}repositories/"
+        self.gc_root = f"{self.root}_gc/"
 
     # Blobs -------------------------------------------------------------------
 
@@ -119,10 +136,31 @@ class Paths:
     def referrer(self, name: str, subject: Digest, digest: Digest) -> str:
         return f"{self.referrers_root(name, subject)}{digest.algorithm}/{digest.hex}"
 
+    def parse_repository_key(self, key: str) -> RepositoryKey | None:
+        """What ``key`` under ``repositories/`` is; None for a key s3blobs did not write.
+
+        Repository names are lower-case components that never start with '_', so the
+        first ``/_layers/`` or ``/_manifests/`` in a key ends the name."""
+        rest = key[len(self.repositories_root) :]
+        if not key.startswith(self.repositories_root):
+            return None
+        for marker in ("/_layers/", "/_manifests/"):
+            name, found, tail = rest.partition(marker)
+            if found and "/_" not in name:
+                return _repository_key(name, marker, tail.split("/"))
+        return None
+
     # Uploads -----------------------------------------------------------------
 
     def upload_state(self, token: str) -> str:
         return f"{self.uploads_root}{_checked_token(token)}/state"
+
+    def upload_token_of(self, key: str) -> str | None:
+        """The writer id whose state or piece ``key`` is; None for any other key."""
+        token, sep, _ = key[len(self.uploads_root) :].partition("/")
+        if not key.startswith(self.uploads_root) or not sep or not is_valid_upload_token(token):
+            return None
+        return token
 
     def upload_of_state_key(self, key: str) -> str | None:
         """The writer id whose state is ``key``, or None for any other key."""
@@ -135,6 +173,35 @@ class Paths:
         if not re.fullmatch(r"[0-9a-f]{32}", name):
             raise ValueError(f"not a piece name: {name[:80]!r}")
         return f"{self.uploads_root}{_checked_token(token)}/piece.{name}"
+
+    # Garbage collection --------------------------------------------------------
+
+    def gc_fence(self) -> str:
+        """The object a running gc keeps while it deletes (see :mod:`s3blobs.fence`)."""
+        return f"{self.gc_root}fence"
+
+    def gc_fence_shard(self, run: str, shard: str) -> str:
+        """The digests of one shard (two hex digits) that the gc ``run`` is deleting."""
+        if not re.fullmatch(r"[0-9a-f]{32}", run) or not re.fullmatch(r"[0-9a-f]{2}", shard):
+            raise ValueError("not a gc run and shard")
+        return f"{self.gc_root}{run}/{shard}"
+
+
+def _repository_key(name: str, marker: str, parts: list[str]) -> RepositoryKey | None:
+    if marker == "/_layers/":
+        digest = _digest_or_none(*parts) if len(parts) == 2 else None
+        return RepositoryKey(name, "link", digest) if digest else None
+    kind, parts = parts[0], parts[1:]
+    if kind == "revisions" and len(parts) == 2:
+        digest = _digest_or_none(*parts)
+        return RepositoryKey(name, "revision", digest) if digest else None
+    if kind == "tags" and len(parts) == 1 and is_valid_tag(parts[0]):
+        return RepositoryKey(name, "tag", tag=parts[0])
+    if kind == "referrers" and len(parts) == 4:
+        subject, digest = _digest_or_none(*parts[:2]), _digest_or_none(*parts[2:])
+        if subject and digest:
+            return RepositoryKey(name, "referrer", digest, subject=subject)
+    return None
 
 
 def _checked_token(token: str) -> str:

@@ -2,12 +2,18 @@
 
 A repository sees only the blobs linked into it; its writer links what it commits,
 and ``create(mount_from=...)`` links a blob from another repository without upload.
+
+Garbage collection runs while the registry serves (:mod:`s3blobs.gc`); two things
+here let it: ``confirm`` (what the registry uses when it tells a client a blob is
+there) refreshes a link older than half the grace, and every link written for a blob
+that may already exist is checked against gc's fence afterwards (:mod:`s3blobs.fence`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +22,14 @@ from werkzeug.wrappers import Response
 from .descriptor import Descriptor
 from .descriptors import BlobDescriptorService, LinkedDescriptors
 from .digests import CANONICAL, check_algorithm, parse_digest
-from .errors import BlobMounted, BlobTooLarge, BlobUnknown, ReferenceInvalid
+from .errors import (
+    BlobBeingCollected,
+    BlobMounted,
+    BlobTooLarge,
+    BlobUnknown,
+    ReferenceInvalid,
+)
+from .fence import SweepFence
 from .hashing import ResumableHash
 from .names import parse_reference, validate_repository_name
 from .reader import BlobReader
@@ -43,6 +56,10 @@ class BlobStore:
         """The blob's descriptor; BlobUnknown if this store does not hold it."""
         return self.descriptors.stat(digest)
 
+    def confirm(self, digest: str) -> Descriptor:
+        """stat, for an answer that tells a client the blob is here."""
+        return self.stat(digest)
+
     def get(self, digest: str) -> bytes:
         self._require(digest)
         return self._entries.get(parse_digest(digest))
@@ -60,7 +77,7 @@ class BlobStore:
         presigned S3 URL (or streams, with redirects off), HEAD answers from the
         descriptor. BlobUnknown for a blob this store does not hold, so the caller
         answers."""
-        descriptor = self.stat(digest)
+        descriptor = self.confirm(digest)
         location = self._entries.locate(parse_digest(digest))
         return serve(environ, descriptor, location, self._entries.client, self._entries.config)
 
@@ -120,11 +137,16 @@ class RepositoryBlobStore(BlobStore):
         uploads: UploadStore,
         links: LinkedDescriptors,
         descriptors: BlobDescriptorService,
+        fence: SweepFence | None = None,
+        refresh_after: float | None = None,
     ) -> None:
         super().__init__(entries, descriptors)
         self.name = validate_repository_name(name)
         self._uploads = uploads
         self._links = links
+        self._fence = fence
+        #: A link older than this (seconds) is refreshed when confirmed: gc's grace / 2.
+        self.refresh_after = entries.config.gc_grace / 2 if refresh_after is None else refresh_after
 
     def enumerate(self) -> Iterator[str]:
         """The digests linked into this repository, one listing page at a time."""
@@ -175,10 +197,49 @@ class RepositoryBlobStore(BlobStore):
         stored = self._uploads.load(writer_id, self.name)
         return S3BlobWriter(self._uploads, self._entries, stored, self.link)
 
+    def confirm(self, digest: str) -> Descriptor:
+        """stat, for an answer that tells a client the blob is here (blob HEAD and GET,
+        through ``serve_blob``): the client may rely on it for gc's grace period.
+
+        A cached descriptor is trusted only while the link is known to be younger than
+        ``refresh_after`` (from this process's last sight of it, or one HeadObject); a
+        link older than that is rewritten (at most once per ``refresh_after``) and the
+        entry read from S3. Either way, a blob that a running gc is deleting is
+        answered BlobUnknown. See :mod:`s3blobs.gc`."""
+        key = str(parse_digest(digest))
+        try:
+            descriptor = self.stat(key)  # the cache, or S3 (which records the link)
+            # Cached (perhaps by another process, in Redis), the link's age unknown here:
+            # ask S3 for it. Its entry is read below if the link is old.
+            seen = self._links.seen(key) or self._links.head_link(key)
+            if time.time() - seen.modified > self.refresh_after:
+                self._links.refresh(key, seen)
+                self._check_fence(key)
+                return self._entries.stat(parse_digest(key))
+            self._check_fence(key)
+            return descriptor
+        except (BlobUnknown, BlobBeingCollected):
+            self._links.forget(key)
+            raise BlobUnknown(f"{digest} in {self.name}") from None
+
     def link(self, descriptor: Descriptor) -> None:
-        """Make a stored blob part of this repository."""
+        """Make a stored blob part of this repository. BlobBeingCollected (retry later)
+        if a running gc is deleting that blob. The fence is read before the write (so
+        the write is almost always spared) and after it (what gc's proof needs); a link
+        written in between stays, naming a blob about to go: every reader checks the
+        entry behind a link, and the next gc removes it."""
+        self._check_fence(descriptor.digest)
         self._links.link(descriptor.digest)
+        try:
+            self._check_fence(descriptor.digest)
+        except BlobBeingCollected:
+            self._links.forget(descriptor.digest)
+            raise
         self.descriptors.set_descriptor(descriptor.digest, descriptor)
+
+    def _check_fence(self, digest: str) -> None:
+        if self._fence is not None and self._fence.fenced([digest]):
+            raise BlobBeingCollected(f"{digest} is being garbage-collected; retry shortly")
 
     def _mount(self, reference: str, stat: Descriptor | None) -> None:
         try:
@@ -193,7 +254,10 @@ class RepositoryBlobStore(BlobStore):
                 descriptor = LinkedDescriptors(self._entries, source).stat(str(digest))
             except BlobUnknown:
                 return
-        self.link(descriptor)
+        try:
+            self.link(descriptor)
+        except BlobBeingCollected:
+            return  # an upload instead: the blob is on its way out
         raise BlobMounted(f"{source}@{digest}", descriptor)
 
     def __repr__(self) -> str:

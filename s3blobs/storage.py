@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -16,15 +15,19 @@ from .descriptors import (
     BlobDescriptorService,
     DescriptorServiceFactory,
     GlobalDescriptors,
+    LinkAges,
     LinkedDescriptors,
 )
 from .errors import BucketNotFound
-from .gc import DEFAULT_GRACE, sweep_orphan_data
+from .fence import SweepFence
 from .paths import Paths
 from .repository import GlobalBlobStore, RepositoryBlobStore
 from .s3 import error_code, make_client, storage_error
 from .store import BlobEntries, Location
 from .uploads import UploadStore
+
+if TYPE_CHECKING:
+    from .gc import GcReport
 
 
 class S3BlobStorage:
@@ -36,8 +39,8 @@ class S3BlobStorage:
     repository): pass a :class:`DescriptorCacheFactory`, or any object with a
     ``blob_access_controller(service)`` method; stack several by wrapping one in
     another. ``location_cache`` remembers where each blob's bytes are (this
-    process's memory by default). The bucket is checked once here (one HeadBucket)
-    unless ``check_bucket=False``.
+    process's memory by default). The bucket is checked once here (one HeadBucket,
+    and a GetObject of gc's fence: see s3blobs.fence) unless ``check_bucket=False``.
     """
 
     def __init__(
@@ -55,8 +58,12 @@ class S3BlobStorage:
         self.descriptor_service_factory = descriptor_service_factory
         self._entries = BlobEntries(self.client, config, self.paths, location_cache)
         self._uploads = UploadStore(self.client, config, self.paths)
+        # What lets gc run while the registry serves (see s3blobs.gc).
+        self.fence = SweepFence(self.client, config.bucket, self.paths)
+        self._link_ages = LinkAges(maxsize=max(config.cache_size, 1_000))
         if check_bucket:
             self._check_bucket()
+            self.fence.prime()
         self.blobs = GlobalBlobStore(
             self._entries, self._wrap(GlobalDescriptors(self._entries)), self._uploads
         )
@@ -73,15 +80,18 @@ class S3BlobStorage:
 
     def repository(self, name: str) -> RepositoryBlobStore:
         """The store of repository ``name`` (RepositoryNameInvalid outside the OCI grammar)."""
-        links = LinkedDescriptors(self._entries, name)
-        store = RepositoryBlobStore(name, self._entries, self._uploads, links, self._wrap(links))
-        return store
+        links = LinkedDescriptors(self._entries, name, self._link_ages)
+        return RepositoryBlobStore(
+            name, self._entries, self._uploads, links, self._wrap(links), self.fence
+        )
 
-    def sweep_orphan_data(
-        self, grace: timedelta = DEFAULT_GRACE, dry_run: bool = False
-    ) -> list[str]:
-        """Delete data objects no entry names, once older than ``grace`` (see gc.py)."""
-        return sweep_orphan_data(self._entries, grace, dry_run)
+    def collect_garbage(self, **options: Any) -> GcReport:
+        """Registry garbage collection, online, while the registry serves; returns the
+        report. Options: ``grace``, ``delete_untagged``, ``uploads_older_than``,
+        ``dry_run``, ``workers`` (see :func:`s3blobs.gc.collect_garbage`)."""
+        from .gc import collect_garbage
+
+        return collect_garbage(self, **options)
 
     def _wrap(self, service: BlobDescriptorService) -> BlobDescriptorService:
         factory = self.descriptor_service_factory

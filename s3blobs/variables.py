@@ -110,6 +110,12 @@ VARIABLES: tuple[Variable, ...] = (
         "unseen with `memory` (with Redis, deletes are seen at once)",
     ),
     Variable(
+        "S3BLOBS_GC_GRACE",
+        "`1h`",
+        "gc's default grace (`90s`, `30m`, `2h`, `7d`); the registry refreshes a link it "
+        "confirms once older than half of it; at least `S3BLOBS_CACHE_TTL`",
+    ),
+    Variable(
         "S3BLOBS_TRUSTED_PROXIES",
         "none",
         "addresses or networks (`127.0.0.1,10.0.0.0/8`) whose `X-Forwarded-*` headers the"

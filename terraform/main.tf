@@ -109,6 +109,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "blobs" {
 #   s3:PutObject             PutObject, CreateMultipartUpload, UploadPart, CompleteMultipartUpload
 #   s3:DeleteObject          DeleteObject, DeleteObjects
 #   s3:AbortMultipartUpload  AbortMultipartUpload
+#   s3:ListBucketMultipartUploads  ListMultipartUploads (s3blobs gc: uploads left behind)
 data "aws_iam_policy_document" "registry" {
   statement {
     sid       = "ListTheRegistryPrefix"
@@ -123,6 +124,13 @@ data "aws_iam_policy_document" "registry" {
         values   = ["${condition.value}*"]
       }
     }
+  }
+
+  # s3blobs gc lists the multipart uploads under <prefix>/data/ (uploads left behind).
+  statement {
+    sid       = "ListOpenUploads"
+    actions   = ["s3:ListBucketMultipartUploads"]
+    resources = [aws_s3_bucket.blobs.arn]
   }
 
   statement {

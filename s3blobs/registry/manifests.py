@@ -16,7 +16,7 @@ from typing import Any
 from ..caches import ValueCache
 from ..descriptor import Descriptor
 from ..digests import CANONICAL, Digest, parse_digest
-from ..errors import BlobError, BlobUnknown
+from ..errors import BlobBeingCollected, BlobError, BlobUnknown
 from ..paths import is_valid_tag
 from ..s3 import delete_keys, list_objects, s3_errors
 from ..storage import S3BlobStorage
@@ -62,11 +62,15 @@ class Manifests:
                 "provided digest did not match uploaded content",
                 f"content is {digest}",
             )
-        self._check_references(manifest, media_type)
+        needed = [str(digest), *self._check_references(manifest, media_type)]
         subject = self._subject(manifest)
         referrer = _referrer_descriptor(manifest, media_type, len(body), str(digest))
+        self._refuse_if_fenced(needed)
         self.storage.blobs.put(media_type, body, digest_algorithm=digest.algorithm)
-        self._put(self.paths.revision(self.name, digest), b"")
+        revision = self.paths.revision(self.name, digest)
+        self._put(revision, b"")
+        # After the write too: a running gc either sees this revision or is seen here.
+        self._refuse_if_fenced(needed, taking_back=revision)
         if is_valid_tag(reference):
             self._put(self.paths.tag(self.name, reference), str(digest).encode())
         if subject is not None:
@@ -76,9 +80,10 @@ class Manifests:
         self.cache.put(str(digest), (media_type, body))
         return str(digest), str(subject) if subject else None
 
-    def _check_references(self, manifest: dict[str, Any], media_type: str) -> None:
+    def _check_references(self, manifest: dict[str, Any], media_type: str) -> list[str]:
         """Every blob (or, for an index, every manifest) a manifest names must be in this
-        repository, as S3 says now (never a cache)."""
+        repository, as S3 says now (never a cache): its link (or revision) and its entry
+        (a link can outlive its blob, see s3blobs.gc). Returns the digests checked."""
         if media_type in INDEX_TYPES:
             keys = {
                 child.digest: self.paths.revision(self.name, parse_digest(child.digest))
@@ -92,7 +97,11 @@ class Manifests:
                 for blob in blobs
                 if not (blob.urls and blob.media_type.startswith(FOREIGN))
             }
-        missing = [digest for digest, key in keys.items() if not self._exists(key)]
+        missing = [
+            digest
+            for digest, key in keys.items()
+            if not (self._exists(key) and self._exists(self.paths.blob(parse_digest(digest))))
+        ]
         if missing:
             raise RegistryError(
                 "MANIFEST_BLOB_UNKNOWN",
@@ -100,6 +109,16 @@ class Manifests:
                 "manifest references what this repository lacks",
                 missing,
             )
+        return list(keys)
+
+    def _refuse_if_fenced(self, digests: list[str], taking_back: str | None = None) -> None:
+        """BlobBeingCollected (429, retry) when a running gc is deleting any of
+        ``digests``; ``taking_back`` is the revision this request wrote, removed first."""
+        fenced = self.storage.fence.fenced(digests)
+        if fenced:
+            if taking_back is not None:
+                self._delete([taking_back])
+            raise BlobBeingCollected(f"{', '.join(fenced[:5])}: being garbage-collected")
 
     @staticmethod
     def _subject(manifest: dict[str, Any]) -> Digest | None:
