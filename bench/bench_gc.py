@@ -169,7 +169,8 @@ def estimate(counts: Counter[str], objects: int, deleted: int, workers: int) -> 
         "delete_batch": counts["DeleteObjects"] + counts["DeleteObject"],
     }
     for kind, n in kinds.items():
-        scaled = n * scale
+        # The fence's shards (at most 256) and its index do not grow with the bucket.
+        scaled = n if kind == "put" else n * scale
         seconds = scaled * LATENCY[kind] / workers
         lines.append(
             f"{kind}: {scaled:,.0f} requests x {LATENCY[kind]}s / {workers} = {seconds:.0f}s"

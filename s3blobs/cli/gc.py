@@ -1,13 +1,4 @@
-"""``s3blobs gc``: delete every blob no manifest needs, and the leftovers of uploads,
-while the registry keeps serving (see :mod:`s3blobs.gc`).
-
-Exit codes: 0 done (warnings are in the report), 2 bad usage or a refused grace,
-3 storage trouble (or another gc holding the fence).
-
-Each run adds to the registry's gc counters (``s3blobs_gc_runs_total`` and friends):
-with ``PROMETHEUS_MULTIPROC_DIR`` shared with the registry's gunicorn, its metrics
-listener serves them.
-"""
+"""``s3blobs gc``: registry garbage collection, online (see :mod:`s3blobs.gc`)."""
 
 from __future__ import annotations
 
@@ -22,6 +13,19 @@ if TYPE_CHECKING:
     from ..gc import GcReport
 
 
+DESCRIPTION = """\
+Delete every blob no manifest needs, and the leftovers of uploads, while the registry
+keeps serving (the design: s3blobs/gc/__init__.py).
+
+Exit codes: 0 done (warnings are in the report), 2 bad usage or a refused grace,
+3 storage trouble (or another gc holding the fence).
+
+Each run adds to the registry's gc counters (s3blobs_gc_runs_total and friends): with
+PROMETHEUS_MULTIPROC_DIR shared with the registry's gunicorn, its metrics listener
+serves them.
+"""
+
+
 def duration(raw: str) -> float:
     try:
         return parse_duration(raw)
@@ -33,12 +37,13 @@ def add_parser(commands: Any) -> None:
     gc = commands.add_parser(
         "gc",
         help="delete blobs no manifest needs, and stale uploads, while the registry serves",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gc.add_argument(
         "--grace",
         type=duration,
+        metavar="DURATION",
         default=None,
         help="keep what was pushed, linked or confirmed to a client more recently than "
         "this (90s, 30m, 2h, 7d; default S3BLOBS_GC_GRACE, 1h; at least S3BLOBS_CACHE_TTL)",
@@ -51,12 +56,15 @@ def add_parser(commands: Any) -> None:
     gc.add_argument(
         "--uploads-older-than",
         type=duration,
+        metavar="DURATION",
         default=7 * 86400.0,
         help="delete uploads untouched for this long, and abort their multipart uploads (7d)",
     )
     gc.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
-    gc.add_argument("--workers", type=int, default=16, help="S3 requests in flight at once (16)")
+    gc.add_argument(
+        "--workers", type=int, default=16, metavar="N", help="S3 requests in flight at once (16)"
+    )
     gc.set_defaults(run=run)
 
 
