@@ -120,13 +120,22 @@ class BlobEntries:
         an earlier request or by our own write whose answer was lost) its descriptor
         is returned.
         """
+        return self._put_small(digest, media_type, data) or self.stat(digest)
+
+    def create_small(self, digest: Digest, media_type: str, data: bytes | ChunkReader) -> bool:
+        """put_small, saying whether this call wrote the entry (False: it was there,
+        or our own write's answer was lost)."""
+        return self._put_small(digest, media_type, data) is not None
+
+    def _put_small(
+        self, digest: Digest, media_type: str, data: bytes | ChunkReader
+    ) -> Descriptor | None:
         args: dict[str, Any] = {}
         if digest.algorithm == "sha256":
             args["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(digest.hex)).decode()
-        created = self._create_entry(
+        return self._create_entry(
             digest, Body=data, ContentType=media_type or DEFAULT_MEDIA_TYPE, **args
         )
-        return created or self.stat(digest)
 
     def put_pointer(
         self, digest: Digest, media_type: str, data_key: str, size: int

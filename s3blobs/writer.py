@@ -206,8 +206,10 @@ class S3BlobWriter:
         views = self._buffer.views()
         if not self._parts and not self._pieces and self._size == len(self._buffer):
             digest = parse_digest(self.computed_digest())
-            self._entries.put_small(digest, DEFAULT_MEDIA_TYPE, ChunkReader(views))
-            return Piece("", self._size, entry=str(digest))
+            # Only an entry this call wrote: one that was there already may be old
+            # enough for a running gc to delete it while this upload still needs it.
+            if self._entries.create_small(digest, DEFAULT_MEDIA_TYPE, ChunkReader(views)):
+                return Piece("", self._size, entry=str(digest))
         return self._uploads.put_piece(self._stored.state, ChunkReader(views))
 
     # Finishing -------------------------------------------------------------------

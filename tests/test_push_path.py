@@ -192,3 +192,18 @@ def test_post_advertises_the_chunk_worth_sending(unequal: S3BlobStorage, config:
     assert response.headers["OCI-Chunk-Min-Length"] == str(5 * MiB)
     response = Client(RegistryApp(S3BlobStorage(config))).post("/v2/library/app/blobs/uploads/")
     assert response.headers["OCI-Chunk-Min-Length"] == str(PART)  # equal parts
+
+
+def test_an_entry_that_was_there_already_is_not_taken_as_saved_bytes(
+    unequal: S3BlobStorage,
+) -> None:
+    """gc may be deleting an old unlinked entry: the upload keeps its own piece."""
+    repo = unequal.repository("library/app")
+    data = os.urandom(1000)
+    unequal.blobs.put("application/octet-stream", data)  # an old blob, linked nowhere
+    writer = repo.create()
+    writer.write(data)
+    writer.close()
+    pieces = [k for k in all_keys(unequal.client) if "/piece." in k]
+    assert len(pieces) == 1
+    assert repo.get(repo.resume(writer.id).commit(desc(data)).digest) == data
