@@ -283,30 +283,31 @@ class S3BlobWriter:
         a PATCH that saved more bytes in between keeps its upload open instead."""
         if self.committing:  # the entry was written before the seal
             descriptor = self._entries.stat(digest)
-        elif self._saved_as_entry(digest):
-            # S3 says it is still there (garbage collection may sweep an entry that
-            # waited long unlinked): a blob is never confirmed from memory.
-            try:
-                descriptor = self._entries.stat(digest)
-            except BlobUnknown:
-                raise BlobUploadUnknown(f"upload {self.id[:100]} lost saved bytes") from None
-            if not self._seal(digest, keep_open_on_conflict=True):
-                self._link(descriptor)
-                return descriptor
         else:
-            body, reserved = self._take_tail()
-            try:
-                if not verified and _hexdigest(digest.algorithm, body) != digest.hex:
-                    raise BlobInvalidDigest(str(digest), "content does not match")
-                descriptor = self._entries.put_small(digest, media_type, ChunkReader(body))
-            finally:
-                self._uploads.budget.release(reserved)
+            descriptor = self._store_small(digest, media_type, verified)
             if not self._seal(digest, keep_open_on_conflict=True):
                 self._link(descriptor)
                 return descriptor
         self._abort_quietly()
         self._finish(descriptor)
         return descriptor
+
+    def _store_small(self, digest: Digest, media_type: str, verified: bool) -> Descriptor:
+        """The entry of a blob below one part: written now, or by close() already."""
+        if self._saved_as_entry(digest):
+            # S3 says it is still there (garbage collection may sweep an entry that
+            # waited long unlinked): a blob is never confirmed from memory.
+            try:
+                return self._entries.stat(digest)
+            except BlobUnknown:
+                raise BlobUploadUnknown(f"upload {self.id[:100]} lost saved bytes") from None
+        body, reserved = self._take_tail()
+        try:
+            if not verified and _hexdigest(digest.algorithm, body) != digest.hex:
+                raise BlobInvalidDigest(str(digest), "content does not match")
+            return self._entries.put_small(digest, media_type, ChunkReader(body))
+        finally:
+            self._uploads.budget.release(reserved)
 
     def _commit_parts(self, digest: Digest, media_type: str, verified: bool) -> Descriptor:
         """Upload the tail as the last part, seal, complete, then write the entry."""
