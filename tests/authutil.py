@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import gzip
-import hashlib
 import ipaddress
 import json
 import time
@@ -25,7 +23,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import s3blobs.s3
 from conftest import BUCKET, PART
-from oci import CONFIG, LAYER, MANIFEST, gzip_layer, write_blob
 from s3blobs import Config, S3BlobStorage
 
 ISSUER = "test-issuer"
@@ -196,37 +193,6 @@ def issue_token(
 
 def grant(name: str, *actions: str) -> dict[str, Any]:
     return {"type": "repository", "name": name, "actions": list(actions)}
-
-
-def valid_image_layout(layout: Path, sizes: list[int], tag: str = "latest") -> dict[str, bytes]:
-    """An OCI layout of one image whose config lists its layers' real diff_ids."""
-    layout.mkdir(parents=True, exist_ok=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    blobs: dict[str, bytes] = {}
-    layers, diff_ids = [], []
-    for seed, size in enumerate(sizes):
-        data = gzip_layer(size, seed + 100)
-        layers.append({"mediaType": LAYER, **write_blob(layout, data)})
-        diff_ids.append("sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest())
-        blobs[str(layers[-1]["digest"])] = data
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }
-    ).encode()
-    config_descriptor = {"mediaType": CONFIG, **write_blob(layout, config)}
-    blobs[str(config_descriptor["digest"])] = config
-    manifest = json.dumps(
-        {"schemaVersion": 2, "mediaType": MANIFEST, "config": config_descriptor, "layers": layers}
-    ).encode()
-    descriptor = {"mediaType": MANIFEST, **write_blob(layout, manifest)}
-    blobs[str(descriptor["digest"])] = manifest
-    descriptor["annotations"] = {"org.opencontainers.image.ref.name": tag}
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
-    return blobs
 
 
 def token_server(

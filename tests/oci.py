@@ -40,21 +40,27 @@ def write_blob(layout: Path, data: bytes) -> dict[str, object]:
     return {"size": len(data), "digest": f"sha256:{digest}"}
 
 
-def image_layout(layout: Path, layer_sizes: list[int], tag: str = "latest") -> dict[str, bytes]:
-    """Write an OCI layout holding one image; returns every blob by digest."""
+def image_layout(
+    layout: Path, layer_sizes: list[int], tag: str = "latest", first_seed: int = 1
+) -> dict[str, bytes]:
+    """Write an OCI layout holding one image whose config lists its layers' real
+    diff_ids (podman checks them); returns every blob by digest. ``first_seed`` picks
+    the layers' content, so that tests can push layers no other test pushed."""
     layout.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     blobs: dict[str, bytes] = {}
-    layers = []
-    for seed, size in enumerate(layer_sizes):
-        data = gzip_layer(size, seed + 1)
+    layers, diff_ids = [], []
+    for seed, size in enumerate(layer_sizes, first_seed):
+        data = gzip_layer(size, seed)
         layers.append({"mediaType": LAYER, **write_blob(layout, data)})
+        diff_ids.append("sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest())
         blobs[str(layers[-1]["digest"])] = data
     config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{'0' * 64}" for _ in layers]},
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }
     ).encode()
     config_descriptor = {"mediaType": CONFIG, **write_blob(layout, config)}

@@ -32,10 +32,10 @@ from authutil import (
     public_pem,
     signing_key,
     token_server,
-    valid_image_layout,
     write_htpasswd,
 )
 from conftest import PART
+from oci import image_layout
 from s3blobs import Config, S3BlobStorage
 from s3blobs.registry import make_app
 from s3blobs.registry.auth.access import AllowAll
@@ -135,7 +135,7 @@ def storage(moto_server: str) -> S3BlobStorage:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
     layout = tmp_path_factory.mktemp("image") / "layout"
-    return layout, valid_image_layout(layout, [2048, 300_000])
+    return layout, image_layout(layout, [2048, 300_000], first_seed=100)
 
 
 @pytest.fixture(scope="module")
