@@ -155,6 +155,22 @@ def layout_blobs(layout: Path) -> dict[str, bytes]:
     return {f"sha256:{p.name}": p.read_bytes() for p in (layout / "blobs" / "sha256").iterdir()}
 
 
+def push_as(user: str, certs: str, layout: Path, target: str) -> None:
+    skopeo(
+        "copy", "--dest-creds", f"{user}:{PASSWORDS[user]}", "--dest-cert-dir", certs,
+        f"oci:{layout}:latest", target,
+    )  # fmt: skip
+
+
+def pulled_as(user: str, certs: str, target: str, destination: Path) -> dict[str, bytes]:
+    """Pull ``target`` as ``user``; the blobs that arrived, by digest."""
+    skopeo(
+        "copy", "--src-creds", f"{user}:{PASSWORDS[user]}", "--src-cert-dir", certs,
+        target, f"oci:{destination}:v1",
+    )  # fmt: skip
+    return layout_blobs(destination)
+
+
 def manifest(registry: str, tls: TlsFiles, reference: str, user: str) -> requests.Response:
     name, _, tag = reference.rpartition(":")
     return requests.get(
@@ -172,26 +188,8 @@ def test_skopeo_push_pull_with_credentials_over_https(
     layout, blobs = image
     certs = str(tls.cert_dir)
     target = f"docker://{htpasswd_registry}/e2e/skopeo:v1"
-    skopeo(
-        "copy",
-        "--dest-creds",
-        "writer:writer-pw",
-        "--dest-cert-dir",
-        certs,
-        f"oci:{layout}:latest",
-        target,
-    )
-    pulled = tmp_path / "pulled"
-    skopeo(
-        "copy",
-        "--src-creds",
-        "reader:reader-pw",
-        "--src-cert-dir",
-        certs,
-        target,
-        f"oci:{pulled}:v1",
-    )
-    assert layout_blobs(pulled) == blobs
+    push_as("writer", certs, layout, target)
+    assert pulled_as("reader", certs, target, tmp_path / "pulled") == blobs
     # No credentials, a wrong password, an untrusted certificate: refused.
     anonymous = skopeo(
         "copy", "--src-cert-dir", certs, target, f"oci:{tmp_path / 'x'}:v1", ok=False
@@ -341,29 +339,11 @@ def test_skopeo_through_the_bearer_token_flow(
         with serving(make_app(storage, settings), tls) as registry:
             certs = str(tls.cert_dir)
             target = f"docker://{registry}/e2e/token:v1"
-            skopeo(
-                "copy",
-                "--dest-creds",
-                "writer:writer-pw",
-                "--dest-cert-dir",
-                certs,
-                f"oci:{layout}:latest",
-                target,
-            )
+            push_as("writer", certs, layout, target)
             assert {"type": "repository", "name": "e2e/token", "actions": ["pull", "push"]} in [
                 a for entry in issued for a in entry["access"]
             ]
-            pulled = tmp_path / "pulled"
-            skopeo(
-                "copy",
-                "--src-creds",
-                "reader:reader-pw",
-                "--src-cert-dir",
-                certs,
-                target,
-                f"oci:{pulled}:v1",
-            )
-            assert layout_blobs(pulled) == blobs
+            assert pulled_as("reader", certs, target, tmp_path / "pulled") == blobs
             refused = skopeo(
                 "copy", "--dest-creds", "reader:reader-pw", "--dest-cert-dir", certs,
                 f"oci:{layout}:latest", f"docker://{registry}/e2e/token:v2", ok=False,
