@@ -1,43 +1,51 @@
-"""What watching the registry costs: requests/s of a blob HEAD and a manifest GET through
-the registry's pipeline without its observability layers ("off": security headers,
-authentication and authorization of an open registry, the API), through the whole
-pipeline ("on": add the request id, metrics, the /healthz layer, and the access log
-written to a file), and through the pipeline with access lines turned off
-(S3BLOBS_LOG_LEVEL=warning), in the same run.
+"""What watching the registry costs: requests/s of a blob HEAD and a manifest GET
+through the registry as ``s3blobs serve`` runs it (gunicorn, a gthread worker, keep-alive
+connections) without its observability layers ("off": security headers, authentication
+and authorization of an open registry, the API), with all of them ("on": the request
+id, metrics in multiprocess mode as ``serve`` sets them up, the /healthz layer, and an
+access line per request on the worker's stderr, a file), and with the access lines
+turned off (S3BLOBS_LOG_LEVEL=warning), in the same run.
 
     python -m bench.bench_observability
 
-The apps are served by werkzeug's threaded server (HTTP/1.1, keep-alive) in this
-process, each with its own storage on one bucket of a moto server running in its own
-process; the load comes from client processes with persistent connections, so the
-server's GIL is the registry's alone. Rounds rotate the variants; the median counts.
-The server's CPU time per request (this process's, clients excluded) is the steadier
-figure on a shared machine.
+Each variant is a gunicorn server of one worker with 4 threads, the app built by
+:func:`variant_app` from the same ``S3BLOBS_*`` settings and caches as
+``create_app()``; S3 is a moto server in its own process, the load two client
+processes with one persistent connection each. Rounds rotate the variants; the median
+counts. The servers' CPU time per request (from /proc, clients excluded) is the steadier
+figure on a shared machine. Then the layers one by one in this process, no server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import multiprocessing
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
-from bench.support import moto_server, new_bucket
+from bench.registries import ROOT, process_tree
+from bench.support import free_port, moto_server, new_bucket, wait_for_port
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
-from s3blobs.registry import RegistryApp, make_app
+from s3blobs.cache_backend import caches_from_config
+from s3blobs.caches import ValueCache
+from s3blobs.registry import RegistryApp, create_app, make_app
 from s3blobs.registry.auth.settings import SecuritySettings
 from s3blobs.registry.auth.wsgi import Authentication, Authorization
 from s3blobs.registry.hardening import SecurityHeaders, WSGIApp
 from s3blobs.registry.logformat import install_logging
+from s3blobs.registry.proxies import BehindProxies, trusted_proxies
 from s3blobs.registry.requestlog import RequestLog
 from s3blobs.registry.settings import OperationsSettings
 
@@ -45,19 +53,69 @@ ROUNDS = 5
 SECONDS = 2.0
 CLIENTS = 2  # processes, one persistent connection each
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+VARIANTS = ("off", "on, no access lines", "on")
 
 
-class KeepAlive(WSGIRequestHandler):
-    protocol_version = "HTTP/1.1"
+def variant_app(variant: str) -> WSGIApp:
+    """gunicorn's app for a variant: "off" is :func:`create_app` without the layers
+    measured; the others are :func:`create_app` itself (the access lines follow
+    S3BLOBS_LOG_LEVEL)."""
+    if variant != "off":
+        return create_app()
+    config = Config.from_env()
+    install_logging(OperationsSettings.from_env())
+    caches = caches_from_config(config)
+    storage = S3BlobStorage(config, caches.descriptors, location_cache=caches.locations)
+    return BehindProxies(unobserved(storage, caches.manifests), trusted_proxies())
 
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass  # werkzeug's own access line would be a third log
+
+@contextlib.contextmanager
+def gunicorn(
+    variant: str, endpoint: str, bucket: str, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, int]]:
+    """A gunicorn server of ``variant``; yields its port and its master's pid."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "S3BLOBS_BUCKET": bucket,
+        "S3BLOBS_ENDPOINT_URL": endpoint,
+        "S3BLOBS_REGION": "us-east-1",
+        "S3BLOBS_ADDRESSING_STYLE": "path",
+        "S3BLOBS_LOG_LEVEL": "warning" if variant == "on, no access lines" else "info",
+        **(env or {}),
+    }
+    if variant != "off":  # as `s3blobs serve` runs its workers
+        metrics = workdir / f"metrics-{port}"
+        metrics.mkdir()
+        environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    command = [
+        *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1"),
+        *("--threads", "4", "--keep-alive", "75", "--no-control-socket"),
+        *("--bind", f"127.0.0.1:{port}"),
+        f"bench.bench_observability:variant_app({variant!r})",
+    ]
+    log = (workdir / f"{variant}-{port}.log").open("wb")
+    proc = subprocess.Popen(command, env=environ, stdout=log, stderr=log, cwd=ROOT)
+    try:
+        wait_for_port(port, proc, f"gunicorn ({variant})", seconds=60)
+        while len(process_tree(proc.pid)) < 2:  # gunicorn listens, then starts its worker
+            time.sleep(0.1)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
-def serve(app: Any) -> int:
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=KeepAlive)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return int(server.port)
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of the processes so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def hammer(port: int, method: str, path: str, seconds: float, counts: Any) -> None:
@@ -69,15 +127,15 @@ def hammer(port: int, method: str, path: str, seconds: float, counts: Any) -> No
         response = connection.getresponse()
         response.read()
         assert response.status == 200, response.status
+        assert not response.will_close, "the server closed a keep-alive connection"
         done += 1
     counts.put(done)
 
 
-def rate(port: int, method: str, path: str) -> tuple[float, float]:
-    """Requests/s, and the server's CPU time per request (this process's: the clients
-    are other processes), in microseconds."""
+def rate(port: int, server: list[int], method: str, path: str) -> tuple[float, float]:
+    """Requests/s, and the server's CPU time per request in microseconds."""
     counts: Any = multiprocessing.Queue()
-    cpu = time.process_time()
+    cpu = cpu_seconds(server)
     clients = [
         multiprocessing.Process(target=hammer, args=(port, method, path, SECONDS, counts))
         for _ in range(CLIENTS)
@@ -85,7 +143,7 @@ def rate(port: int, method: str, path: str) -> tuple[float, float]:
     for client in clients:
         client.start()
     total = sum(counts.get(timeout=60) for _ in clients)
-    cpu = time.process_time() - cpu
+    cpu = cpu_seconds(server) - cpu
     for client in clients:
         client.join(timeout=10)
     return total / SECONDS, cpu / total * 1e6
@@ -96,7 +154,7 @@ def in_process(
 ) -> dict[str, float]:
     """Microseconds of CPU per request for each (app, access lines) variant: runs of
     ``count`` requests rotate the variants seven times; the median counts."""
-    environ = EnvironBuilder(path=path, method=method, headers={"Accept": MANIFEST}).get_environ()
+    environ = EnvironBuilder(path=path, method=method, headers=[("Accept", MANIFEST)]).get_environ()
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(7):
         for name, (app, access_lines) in variants.items():
@@ -110,11 +168,13 @@ def in_process(
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
-def unobserved(storage: S3BlobStorage) -> WSGIApp:
+def unobserved(
+    storage: S3BlobStorage, manifest_cache: ValueCache[tuple[str, bytes]] | None = None
+) -> WSGIApp:
     """``make_app(storage)`` without the layers measured here: the same security
     layers of an open registry around the same API."""
     security = SecuritySettings()
-    app: WSGIApp = RegistryApp(storage)
+    app: WSGIApp = RegistryApp(storage, manifest_cache)
     app = Authorization(app, security.access, security.authenticator)
     return SecurityHeaders(Authentication(app, security.authenticator))
 
@@ -153,49 +213,43 @@ def push(storage: S3BlobStorage) -> str:
 
 def main() -> None:
     multiprocessing.set_start_method("fork")
-    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        moto_server() as endpoint,
+        contextlib.ExitStack() as stack,
+    ):
+        workdir = Path(tmp)
         bucket = new_bucket(endpoint)
         bare_storage, observed_storage = storage_on(endpoint, bucket), storage_on(endpoint, bucket)
         digest = push(bare_storage)
-        log_file = open(Path(tmp) / "access.log", "w")  # noqa: SIM115 (closed with the dir)
-        install_logging(OperationsSettings(), log_file)
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        observed = serve(make_app(observed_storage))
-        # variant: (port, whether access lines are written)
-        variants = {
-            "off": (serve(unobserved(bare_storage)), False),
-            "on, no access lines": (observed, False),
-            "on": (observed, True),
-        }
+        servers = {}  # variant: (port, the server's processes)
+        for variant in VARIANTS:
+            port, pid = stack.enter_context(gunicorn(variant, endpoint, bucket, workdir))
+            servers[variant] = (port, process_tree(pid))
         requests = {
             "blob HEAD (warm cache: no S3 request)": ("HEAD", f"/v2/bench/obs/blobs/{digest}"),
-            "manifest GET by tag (2 S3 requests)": ("GET", "/v2/bench/obs/manifests/v1"),
+            "manifest GET by tag (warm cache: 1 S3 request)": ("GET", "/v2/bench/obs/manifests/v1"),
         }
-        in_process_count = dict(zip(requests, (1000, 100), strict=True))
         print(
             f"{CLIENTS} client processes x 1 keep-alive connection, {SECONDS:.0f} s per round, "
-            f"{ROUNDS} rounds rotating the variants, median; werkzeug threaded server\n"
+            f"{ROUNDS} rounds rotating the variants, median; gunicorn, 1 gthread worker\n"
         )
         print("| request | variant | req/s | change | server CPU per request (us) |")
         print("|---|---|---|---|---|")
         rounds = []
         for label, (method, path) in requests.items():
-            for port, _ in variants.values():  # warm: caches, connections
-                rate(port, method, path)
-            rates: dict[str, list[float]] = {name: [] for name in variants}
-            cpu: dict[str, list[float]] = {name: [] for name in variants}
-            names = list(variants)
+            for port, pids in servers.values():  # warm: caches, connections
+                rate(port, pids, method, path)
+            rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
             for round_number in range(ROUNDS):
-                shift = round_number % len(names)
-                for name in names[shift:] + names[:shift]:
-                    port, access_lines = variants[name]
-                    access_log(access_lines)
-                    per_second, cpu_us = rate(port, method, path)
+                shift = round_number % len(VARIANTS)
+                for name in VARIANTS[shift:] + VARIANTS[:shift]:
+                    per_second, cpu_us = rate(*servers[name], method, path)
                     rates[name].append(round(per_second))
                     cpu[name].append(round(cpu_us))
-            access_log(True)
             off = statistics.median(rates["off"])
-            for name in names:
+            for name in VARIANTS:
                 median = statistics.median(rates[name])
                 change = "" if name == "off" else f"{(median - off) / off * 100:+.1f}%"
                 print(
@@ -204,9 +258,17 @@ def main() -> None:
                 )
                 rounds.append(f"{label}, {name}: {rates[name]}")
         print("\nEvery round (req/s):\n" + "\n".join(rounds))
+        stack.close()  # the servers: their logs are complete
+        access_lines = sum(
+            " s3blobs.access " in line for line in (workdir / "on.log").read_text().splitlines()
+        )
+        print(f"\naccess lines written by the 'on' server: {access_lines}")
+
         print(
             "\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request (us):\n"
         )
+        log_file = open(workdir / "access.log", "w")  # noqa: SIM115 (closed below)
+        install_logging(OperationsSettings(), log_file)
         bare = unobserved(bare_storage)
         layers = {
             "off": (bare, False),
@@ -216,12 +278,11 @@ def main() -> None:
         }
         print("| request | " + " | ".join(layers) + " |")
         print("|---|" + "---|" * len(layers))
+        in_process_count = dict(zip(requests, (1000, 200), strict=True))
         for label, (method, path) in requests.items():
             costs = in_process(layers, method, path, in_process_count[label])
             print(f"| {label} | " + " | ".join(f"{cost:.0f}" for cost in costs.values()) + " |")
         log_file.close()
-        with open(Path(tmp) / "access.log") as written:
-            print(f"\naccess log lines written by the 'on' apps: {sum(1 for _ in written)}")
 
 
 if __name__ == "__main__":
