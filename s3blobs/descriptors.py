@@ -65,8 +65,9 @@ class GlobalDescriptors:
 
     scope = ""
 
-    def __init__(self, entries: BlobEntries) -> None:
+    def __init__(self, entries: BlobEntries, ages: LinkAges | None = None) -> None:
         self._entries = entries
+        self._ages = ages
 
     def stat(self, digest: str) -> Descriptor:
         return self._entries.stat(parse_digest(digest))
@@ -76,7 +77,10 @@ class GlobalDescriptors:
         validate_descriptor(digest, descriptor)
 
     def clear(self, digest: str) -> None:
-        """Delete the blob itself (entry, then data)."""
+        """Delete the blob itself (entry, then data); every link this process
+        remembers as proof of it is forgotten first."""
+        if self._ages is not None:
+            self._ages.forget_everywhere(str(parse_digest(digest)))
         self._entries.delete(parse_digest(digest))
 
 
@@ -85,6 +89,14 @@ class LinkSeen(NamedTuple):
 
     modified: float  # its LastModified, seconds since the epoch
     etag: str
+
+
+class LinkAccepted(NamedTuple):
+    """A link this process wrote and then found its blob off gc's fence
+    (``RepositoryBlobStore.link``)."""
+
+    written: float  # no later than the write, seconds since the epoch
+    descriptor: Descriptor
 
 
 class LinkAges:
@@ -96,6 +108,7 @@ class LinkAges:
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self._seen: LRUCache[tuple[str, str], LinkSeen] = LRUCache(maxsize=maxsize)
+        self._accepted: LRUCache[tuple[str, str], LinkAccepted] = LRUCache(maxsize=maxsize)
         self._lock = threading.Lock()
 
     def get(self, scope: str, digest: str) -> LinkSeen | None:
@@ -109,6 +122,24 @@ class LinkAges:
     def forget(self, scope: str, digest: str) -> None:
         with self._lock:
             self._seen.pop((scope, digest), None)
+            self._accepted.pop((scope, digest), None)
+
+    def forget_everywhere(self, digest: str) -> None:
+        with self._lock:
+            for memory in (self._seen, self._accepted):
+                for key in [key for key in memory if key[1] == digest]:
+                    del memory[key]
+
+    def accept(self, scope: str, digest: str, descriptor: Descriptor) -> None:
+        """Remember that the link this process just wrote was accepted."""
+        with self._lock:
+            seen = self._seen.get((scope, digest))
+            if seen is not None:
+                self._accepted[(scope, digest)] = LinkAccepted(seen.modified, descriptor)
+
+    def accepted(self, scope: str, digest: str) -> LinkAccepted | None:
+        with self._lock:
+            return self._accepted.get((scope, digest))
 
 
 class LinkedDescriptors:
@@ -132,6 +163,17 @@ class LinkedDescriptors:
     def seen(self, digest: str) -> LinkSeen | None:
         """What this process last saw of the link, without asking S3."""
         return self._ages.get(self.scope, str(parse_digest(digest)))
+
+    def accept(self, digest: str, descriptor: Descriptor) -> None:
+        self._ages.accept(self.scope, str(parse_digest(digest)), descriptor)
+
+    def accepted(self, digest: str) -> LinkAccepted | None:
+        """The link as this process last wrote it and saw it accepted, if it did."""
+        return self._ages.accepted(self.scope, str(parse_digest(digest)))
+
+    def of(self, repository: str) -> LinkedDescriptors:
+        """Another repository's links, remembered in the same ``ages``."""
+        return LinkedDescriptors(self._entries, repository, self._ages)
 
     def forget(self, digest: str) -> None:
         self._ages.forget(self.scope, str(parse_digest(digest)))

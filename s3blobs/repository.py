@@ -20,7 +20,7 @@ from typing import Any
 from werkzeug.wrappers import Response
 
 from .descriptor import Descriptor
-from .descriptors import BlobDescriptorService, LinkedDescriptors
+from .descriptors import BlobDescriptorService, LinkAccepted, LinkedDescriptors
 from .digests import CANONICAL, check_algorithm, parse_digest
 from .errors import (
     BlobBeingCollected,
@@ -215,7 +215,9 @@ class RepositoryBlobStore(BlobStore):
             if time.time() - seen.modified > self.refresh_after:
                 self._links.refresh(key, seen)
                 self._check_fence(key)
-                return self._entries.stat(parse_digest(key))
+                descriptor = self._entries.stat(parse_digest(key))
+                self._links.accept(key, descriptor)
+                return descriptor
             self._check_fence(key)
             return descriptor
         except (BlobUnknown, BlobBeingCollected):
@@ -235,7 +237,21 @@ class RepositoryBlobStore(BlobStore):
         except BlobBeingCollected:
             self._links.forget(descriptor.digest)
             raise
+        self._links.accept(descriptor.digest, descriptor)
         self.descriptors.set_descriptor(descriptor.digest, descriptor)
+
+    def linked_recently(self, digest: str) -> Descriptor | None:
+        """The blob's descriptor when this process wrote its link here less than
+        ``refresh_after`` ago and then found it off gc's fence; else None (ask S3).
+
+        That is proof without S3 that the link and the entry are there: gc deletes an
+        entry only after every link to it, and a link only once it is older than the
+        grace plus ``refresh_after`` (or, for a link written after gc's last listing,
+        when the fence read after the write shows the blob): see :mod:`s3blobs.gc`.
+        What it does not see is a client's DELETE of the link served by another
+        process meanwhile (this process forgets the links it deletes): the answer
+        is then what it would have been had that DELETE come a moment later."""
+        return _recent(self._links.accepted(digest), self.refresh_after)
 
     def _check_fence(self, digest: str) -> None:
         if self._fence is not None and self._fence.fenced([digest]):
@@ -249,9 +265,17 @@ class RepositoryBlobStore(BlobStore):
             return
         descriptor = stat
         if descriptor is None:
-            # The decision to mount checks S3 itself, never a cache.
+            # The decision to mount asks S3 for the source's link, never a cache (a
+            # client may have deleted it), and for its entry unless this process linked
+            # the blob there moments ago (see ``linked_recently``).
+            links = self._links.of(source)
+            recent = _recent(links.accepted(str(digest)), self.refresh_after)
             try:
-                descriptor = LinkedDescriptors(self._entries, source).stat(str(digest))
+                if recent is None:
+                    descriptor = links.stat(str(digest))
+                else:
+                    links.head_link(str(digest))
+                    descriptor = recent
             except BlobUnknown:
                 return
         try:
@@ -262,6 +286,13 @@ class RepositoryBlobStore(BlobStore):
 
     def __repr__(self) -> str:
         return f"RepositoryBlobStore({self.name!r})"
+
+
+def _recent(accepted: LinkAccepted | None, within: float) -> Descriptor | None:
+    """The descriptor of a link this process wrote and saw accepted ``within`` seconds."""
+    if accepted is None or time.time() - accepted.written >= within:
+        return None
+    return accepted.descriptor
 
 
 def _no_link(descriptor: Descriptor) -> None:

@@ -65,7 +65,9 @@ class S3BlobStorage:
             self._check_bucket()
             self.fence.prime()
         self.blobs = GlobalBlobStore(
-            self._entries, self._wrap(GlobalDescriptors(self._entries)), self._uploads
+            self._entries,
+            self._wrap(GlobalDescriptors(self._entries, self._link_ages)),
+            self._uploads,
         )
         self.catalog = Catalog(self.client, config.bucket, self.paths, self.blobs)
 

@@ -19,9 +19,11 @@ parts must all be of one size (Cloudflare R2), every part but the last is exactl
 
 ``commit()`` verifies length and digest from the hash state, with no read-back, and
 finishes the upload where its bytes already are: nothing is ever copied. It is
-idempotent across processes: it seals the upload state once every byte is durable,
-so a commit interrupted anywhere (a crash, a lost answer, a concurrent duplicate) is
-finished by the next one from the state alone; it recognises its own earlier steps
+idempotent across processes: where it moves bytes itself (a tail, a body sent with
+the PUT) it first seals the upload state once every byte is durable, so a commit
+interrupted anywhere (a crash, a lost answer, a concurrent duplicate) is finished by
+the next one from the state alone (a commit that moves none is finished from the
+state as the PATCHes left it); it recognises its own earlier steps
 (a completed upload by its ETag, an entry by the data object it names) and deletes
 data only when the blob's entry is proven to name another object.
 
@@ -284,8 +286,9 @@ class S3BlobWriter:
         if self.committing:  # the entry was written before the seal
             descriptor = self._entries.stat(digest)
         else:
+            in_place = self._bytes_in_place()
             descriptor = self._store_small(digest, media_type, verified)
-            if not self._seal(digest, keep_open_on_conflict=True):
+            if not in_place and not self._seal(digest, keep_open_on_conflict=True):
                 self._link(descriptor)
                 return descriptor
         self._abort_quietly()
@@ -312,11 +315,15 @@ class S3BlobWriter:
     def _commit_parts(self, digest: Digest, media_type: str, verified: bool) -> Descriptor:
         """Upload the tail as the last part, seal, complete, then write the entry."""
         state = self._stored.state
-        if not self.committing:
+        if not self.committing and not self._bytes_in_place():
             self._flush_parts(final=True)
             self._drain()
             self._seal(digest)
-        self._complete()
+        try:
+            self._complete()
+        except (BlobUploadUnknown, StorageError):
+            if not (verified and self._dropped_for_another(digest)):
+                raise
         if not verified and not self._read_back_matches(digest):
             self._uploads.delete_keys([state.data_key])
             self._uploads.remove(state, self._consumed)
@@ -330,8 +337,37 @@ class S3BlobWriter:
         self._finish(descriptor)
         return descriptor
 
+    def _dropped_for_another(self, digest: Digest) -> bool:
+        """Whether an earlier attempt of this commit completed the upload, found the
+        entry of ``digest`` naming another object (the same bytes, stored before) and
+        deleted its own data: the upload and its object are gone, the blob is there."""
+        if self._stored_etag(self._stored.state.data_key) is not None:
+            return False
+        try:
+            self._entries.stat(digest)
+        except BlobUnknown:
+            return False
+        return True
+
+    def _bytes_in_place(self) -> bool:
+        """Whether every byte is already where the blob keeps it (uploaded parts, or the
+        whole blob saved as its entry) and none came with this request: the common
+        commit, a PUT with no body after PATCHes. Such a commit moves no bytes, and
+        the state as it is lets any retry of it take the same steps again, so it
+        needs no seal."""
+        pieces = self._pieces
+        return (
+            self._size == self._stored.state.size
+            and self._held is None
+            and not len(self._buffer)
+            and (not pieces or (len(pieces) == 1 and bool(pieces[0].entry)))
+        )
+
     def _seal(self, digest: Digest, keep_open_on_conflict: bool = False) -> bool:
         """Record that the commit of ``digest`` is under way, with every byte durable.
+        Needed where the commit itself moves bytes (a tail sent as the last part, or
+        a body that came with the PUT): a retried PUT must not append its body again,
+        and no PATCH may add bytes behind a commit's back.
 
         False (with ``keep_open_on_conflict``) when another request changed the upload
         first: it then goes on with that request's bytes."""

@@ -100,9 +100,20 @@ def test_mount_links_without_upload(storage: S3BlobStorage, s3: Any) -> None:
         target.create(mount_from=f"src/app@{descriptor.digest}")
     assert info.value.from_ == f"src/app@{descriptor.digest}"
     assert info.value.descriptor == descriptor
-    assert calls.ops == ["HeadObject", "HeadObject", "PutObject"]  # source link, entry, link
+    # the source's link; not its entry: this process linked it there moments ago
+    assert calls.ops == ["HeadObject", "PutObject"]
     assert target.get(descriptor.digest) == b"layer"
     assert open_uploads(s3) == []
+
+
+def test_a_mount_from_what_another_process_linked_checks_the_entry(
+    config: Any, storage: S3BlobStorage
+) -> None:
+    descriptor = S3BlobStorage(config).repository("src").put("x/y", b"layer")
+    calls = S3Calls(storage.client)
+    with pytest.raises(BlobMounted):
+        storage.repository("dst").create(mount_from=f"src@{descriptor.digest}")
+    assert calls.ops == ["HeadObject", "HeadObject", "PutObject"]  # source link, entry, link
 
 
 def test_mount_with_stat_skips_the_source_check(storage: S3BlobStorage) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
@@ -62,9 +63,17 @@ class Manifests:
                 "provided digest did not match uploaded content",
                 f"content is {digest}",
             )
-        needed = [str(digest), *self._check_references(manifest, media_type)]
+        references = self._references(manifest, media_type)
+        needed = [str(digest), *references]
         subject = self._subject(manifest)
         referrer = _referrer_descriptor(manifest, media_type, len(body), str(digest))
+        if subject is None and self._tagged_already(reference, digest):
+            # The same manifest under the same tag: nothing to write, and nothing to
+            # check (a tagged revision keeps what it names, see s3blobs.gc).
+            self._refuse_if_fenced(needed)
+            self.cache.put(str(digest), (media_type, body))
+            return str(digest), None
+        self._check_present(references, media_type in INDEX_TYPES)
         self._refuse_if_fenced(needed)
         self.storage.blobs.put(media_type, body, digest_algorithm=digest.algorithm)
         revision = self.paths.revision(self.name, digest)
@@ -80,27 +89,44 @@ class Manifests:
         self.cache.put(str(digest), (media_type, body))
         return str(digest), str(subject) if subject else None
 
-    def _check_references(self, manifest: dict[str, Any], media_type: str) -> list[str]:
-        """Every blob (or, for an index, every manifest) a manifest names must be in this
-        repository, as S3 says now (never a cache): its link (or revision) and its entry
-        (a link can outlive its blob, see s3blobs.gc). Returns the digests checked."""
+    def _references(self, manifest: dict[str, Any], media_type: str) -> dict[str, str]:
+        """What a manifest names that must be in this repository, by digest: the key
+        of each blob's link (or, for an index, of each manifest's revision)."""
         if media_type in INDEX_TYPES:
-            keys = {
+            return {
                 child.digest: self.paths.revision(self.name, parse_digest(child.digest))
                 for child in _descriptors(manifest.get("manifests"))
             }
-        else:
-            blobs = _descriptors([manifest["config"]] if "config" in manifest else [])
-            blobs += _descriptors(manifest.get("layers"))
-            keys = {
-                blob.digest: self.paths.link(self.name, parse_digest(blob.digest))
-                for blob in blobs
-                if not (blob.urls and blob.media_type.startswith(FOREIGN))
-            }
+        blobs = _descriptors([manifest["config"]] if "config" in manifest else [])
+        blobs += _descriptors(manifest.get("layers"))
+        return {
+            blob.digest: self.paths.link(self.name, parse_digest(blob.digest))
+            for blob in blobs
+            if not (blob.urls and blob.media_type.startswith(FOREIGN))
+        }
+
+    def _check_present(self, references: dict[str, str], index: bool) -> None:
+        """Every reference must be here with its entry, as S3 says now: never a cache
+        (a client may have deleted a link; a link can outlive its blob, see s3blobs.gc).
+        Links are listed when there are several. An entry is not asked for when this
+        process linked the blob moments ago (``linked_recently``: a proof that gc keeps
+        it, and the only thing a listing of links cannot show)."""
+        links = list(references.values())
+        listed = (
+            self._existing(self.paths.layers_root(self.name), links)
+            if len(links) > 1 and not index
+            else None
+        )
         missing = [
             digest
-            for digest, key in keys.items()
-            if not (self._exists(key) and self._exists(self.paths.blob(parse_digest(digest))))
+            for digest, key in references.items()
+            if not (
+                (key in listed if listed is not None else self._exists(key))
+                and (
+                    (not index and self.repo.linked_recently(digest) is not None)
+                    or self._exists(self.paths.blob(parse_digest(digest)))
+                )
+            )
         ]
         if missing:
             raise RegistryError(
@@ -109,7 +135,14 @@ class Manifests:
                 "manifest references what this repository lacks",
                 missing,
             )
-        return list(keys)
+
+    def _tagged_already(self, reference: str, digest: Digest) -> bool:
+        """Whether ``reference`` is a tag naming this manifest's revision, both in S3."""
+        return (
+            is_valid_tag(reference)
+            and self._exists(self.paths.revision(self.name, digest))
+            and self._get(self.paths.tag(self.name, reference)) == str(digest).encode()
+        )
 
     def _refuse_if_fenced(self, digests: list[str], taking_back: str | None = None) -> None:
         """BlobBeingCollected (429, retry) when a running gc is deleting any of
@@ -235,6 +268,28 @@ class Manifests:
                 return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
         except _Missing:
             return None
+
+    def _existing(self, prefix: str, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` (all under ``prefix``) exist, by listing from just before
+        the first one not yet answered: a page answers for every key up to the last it
+        returns, so a repository of up to 1,000 links takes one request, and a larger
+        one never more than one per key."""
+        wanted = sorted(keys)
+        found: set[str] = set()
+        position = 0
+        while position < len(wanted):
+            with s3_errors(f"listing {prefix}"):
+                page = self.client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=prefix, StartAfter=wanted[position][:-1]
+                )
+            listed = [item["Key"] for item in page.get("Contents", [])]
+            found.update(listed)
+            answered_up_to = (listed or wanted[position : position + 1])[-1]
+            while position < len(wanted) and (
+                not page.get("IsTruncated") or wanted[position] <= answered_up_to
+            ):
+                position += 1
+        return found.intersection(wanted)
 
     def _exists(self, key: str) -> bool:
         try:
