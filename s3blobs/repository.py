@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 from .descriptor import Descriptor
 from .descriptors import BlobDescriptorService, LinkAccepted, LinkedDescriptors
-from .digests import CANONICAL, check_algorithm, parse_digest
+from .digests import CANONICAL, Digest, check_algorithm, parse_digest
 from .errors import (
     BlobBeingCollected,
     BlobMounted,
@@ -125,6 +125,13 @@ class GlobalBlobStore(BlobStore):
         if len(data) > self._entries.config.part_size:
             raise BlobTooLarge("the global store takes at most one part; use a writer")
         return _put_small(self._entries, media_type, data, check_algorithm(digest_algorithm))
+
+    def store(self, media_type: str, data: bytes, digest: Digest) -> None:
+        """put, for a caller that needs no descriptor back (manifests): one conditional
+        PutObject, whether or not the content was there already."""
+        if len(data) > self._entries.config.part_size:
+            raise BlobTooLarge("the global store takes at most one part; use a writer")
+        self._entries.create_small(digest, media_type or DEFAULT_MEDIA_TYPE, bytes(data))
 
 
 class RepositoryBlobStore(BlobStore):

@@ -286,9 +286,12 @@ class S3BlobWriter:
         if self.committing:  # the entry was written before the seal
             descriptor = self._entries.stat(digest)
         else:
-            in_place = self._bytes_in_place()
+            # Writing the entry is a conditional create and the saved bytes stay until
+            # the state goes: a retry repeats it. Only a body sent with this request
+            # (gone if the request fails) needs the seal.
+            new_bytes = self._size != self._stored.state.size
             descriptor = self._store_small(digest, media_type, verified)
-            if not in_place and not self._seal(digest, keep_open_on_conflict=True):
+            if new_bytes and not self._seal(digest, keep_open_on_conflict=True):
                 self._link(descriptor)
                 return descriptor
         self._abort_quietly()
@@ -304,6 +307,13 @@ class S3BlobWriter:
                 return self._entries.stat(digest)
             except BlobUnknown:
                 raise BlobUploadUnknown(f"upload {self.id[:100]} lost saved bytes") from None
+        if verified and self._pieces:
+            # The same bytes may be stored already (a push of content the registry has):
+            # then the saved ones need not be read, nor sent again.
+            try:
+                return self._entries.stat(digest)
+            except BlobUnknown:
+                pass
         body, reserved = self._take_tail()
         try:
             if not verified and _hexdigest(digest.algorithm, body) != digest.hex:

@@ -131,3 +131,20 @@ def test_links_are_found_by_listing_a_large_repository(
     storage.repository("r/big").delete(blobs[1]["digest"])
     response = put(Client(RegistryApp(storage)), "r/big", "v2", manifest_of(blobs[::-1]))
     assert json.loads(response.data)["errors"][0]["detail"] == [blobs[1]["digest"]]
+
+
+def test_a_manifest_mounted_into_another_repository_is_stored_without_reading_back(
+    storage: S3BlobStorage,
+) -> None:
+    client = Client(RegistryApp(storage))
+    blobs = pushed(client, "r/one", 3)
+    body = manifest_of(blobs)
+    assert put(client, "r/one", "v1", body).status_code == 201
+    for blob in blobs:
+        query = {"mount": blob["digest"], "from": "r/one"}
+        assert client.post("/v2/r/two/blobs/uploads/", query_string=query).status_code == 201
+    calls = S3Calls(storage.client)
+    assert put(client, "r/two", "v1", body).status_code == 201
+    # the manifest's entry is there already (refused, 412): not read back
+    assert calls.by_op() == {"HeadObject": 1, "ListObjectsV2": 1, "PutObject": 3}
+    assert client.get("/v2/r/two/manifests/v1").data == body

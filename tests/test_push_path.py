@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from conftest import BUCKET, PART, S3Calls, all_keys, body_size
-from s3blobs import BlobUnknown, BlobUploadUnknown, Config, Descriptor, S3BlobStorage
+from conftest import BUCKET, PART, S3Calls, all_keys, body_size, s3_error
+from s3blobs import BlobUnknown, BlobUploadUnknown, Config, Descriptor, S3BlobStorage, StorageError
 from s3blobs.config import MiB
 from s3blobs.registry import RegistryApp
 
@@ -206,4 +206,53 @@ def test_an_entry_that_was_there_already_is_not_taken_as_saved_bytes(
     writer.close()
     pieces = [k for k in all_keys(unequal.client) if "/piece." in k]
     assert len(pieces) == 1
+    assert repo.get(repo.resume(writer.id).commit(desc(data)).digest) == data
+
+
+def test_a_small_blob_stored_already_is_committed_without_its_saved_bytes(
+    unequal: S3BlobStorage,
+) -> None:
+    """A push of content the registry has: the entry is there, so the saved piece is
+    neither read nor sent again, and nothing is sealed (no byte came with the PUT)."""
+    repo = unequal.repository("library/app")
+    data = os.urandom(1000)
+    unequal.blobs.put("application/octet-stream", data)
+    writer = repo.create()
+    writer.write(data)
+    writer.close()
+    calls = S3Calls(unequal.client)
+    assert repo.resume(writer.id).commit(desc(data)).digest == desc(data).digest
+    assert calls.by_op() == {
+        "GetObject": 1,  # the state
+        "HeadObject": 1,  # the entry: there
+        "PutObject": 1,  # the link
+        "AbortMultipartUpload": 1,
+        "DeleteObjects": 1,  # the state and the piece
+    }
+    assert repo.get(desc(data).digest) == data
+    assert not [k for k in all_keys(unequal.client) if k.startswith("_uploads/")]
+
+
+def test_saved_bytes_make_the_blob_when_its_entry_went_before_the_retry(
+    unequal: S3BlobStorage,
+) -> None:
+    """Chunks below a part: pieces. The first commit's link fails; the entry it wrote
+    is then swept (as by gc); the retry, unsealed, writes it again from the pieces."""
+    repo = unequal.repository("library/app")
+    data = os.urandom(3000)
+    writer = repo.create()
+    for chunk in (data[:1000], data[1000:]):
+        writer = repo.resume(writer.id)
+        writer.write(chunk)
+        writer.close()
+
+    def broken(request: Any, **_: Any) -> Any:
+        return s3_error(500, "InternalError") if "/_layers/" in request.url else None
+
+    unequal.client.meta.events.register_first("before-send.s3.PutObject", broken)
+    with pytest.raises(StorageError):
+        repo.resume(writer.id).commit(desc(data))
+    unequal.client.meta.events.unregister("before-send.s3.PutObject", broken)
+    assert repo.resume(writer.id).committing == ""  # no byte came with the PUT: no seal
+    unequal.blobs.delete(desc(data).digest)
     assert repo.get(repo.resume(writer.id).commit(desc(data)).digest) == data

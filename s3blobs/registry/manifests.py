@@ -75,7 +75,7 @@ class Manifests:
             return str(digest), None
         self._check_present(references, media_type in INDEX_TYPES)
         self._refuse_if_fenced(needed)
-        self.storage.blobs.put(media_type, body, digest_algorithm=digest.algorithm)
+        self.storage.blobs.store(media_type, body, digest)
         revision = self.paths.revision(self.name, digest)
         self._put(revision, b"")
         # After the write too: a running gc either sees this revision or is seen here.
