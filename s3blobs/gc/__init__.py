@@ -34,10 +34,18 @@ The registry, in :mod:`s3blobs.repository` and ``registry/manifests.py``:
   its last LastModified, else one HeadObject); if it is older than ``R``, rewrite it
   (conditionally: never re-creating a deleted link) and read the entry from S3; then
   read the fence. A fenced blob is answered 404.
-* *manifest PUT*: every blob it names must have a link and an entry in S3 (as
-  before, plus the entry); read the fence, write the revision, read the fence again;
-  if anything it names is fenced, take the revision back and refuse (429) before any
-  tag moves.
+* *manifest PUT*: every blob it names must have a link in S3 (listed) and an entry
+  (in S3, or proven by an *accepted link*, below); read the fence, write the
+  revision, read the fence again; if anything it names is fenced, take the revision
+  back and refuse (429) before any tag moves. The same manifest under the same tag
+  (revision and tag in S3) is written no more: a tagged revision is kept, and with
+  it what it names. A *mount* reads the source's link in S3, and its entry unless
+  the source's link is an accepted one.
+* *accepted link*: one this process wrote less than ``R`` ago, for an entry it had
+  just written or read, and then read the fence after without finding the blob on
+  it (``RepositoryBlobStore.linked_recently``). By (b) below no run deletes that
+  entry for ``G + R`` after the write while the link stays, so for ``R`` the process
+  takes the entry as there without asking S3.
 
 Why nothing needed is deleted. Reads of S3 see every write that finished before they
 began. A process's copy of the fence is at most ``FENCE_TTL`` old, counted from before
@@ -71,7 +79,11 @@ the entry from S3. What is answered from a cache without ``confirm`` (a library
 ``stat``, a retried upload PUT), or from a link a refused write left behind, may say
 "exists" for up to the cache TTL after gc deleted the blob; so the grace may not be
 shorter than that TTL (``check_grace``), and the manifest PUT asks S3 for every link
-and entry, so a re-push of the same content works at once after a deletion.
+and every entry it has no proof of, so a re-push of the same content works at once
+after a deletion. An accepted link is such a proof because gc deletes links older
+than ``G + R`` only, and entries only once every link went: it holds for a link a
+client did not delete meanwhile (a deletion of it the manifest PUT sees, by listing
+the links).
 
 What is assumed: the clocks of S3 and of every process agree within a small part of
 the grace (LastModified is S3's; ages and the fence's expiry are read locally), and a
