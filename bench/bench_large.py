@@ -3,7 +3,7 @@ skopeo, through s3blobs (``python -m s3blobs serve``: gunicorn) with blob GETs r
 to S3 (the default) and streamed through the registry (``S3BLOBS_REDIRECT=false``), and
 through the Go registry 2.8.2 likewise (redirect on, and ``redirect: disable: true``).
 
-    python -m bench.bench_large [--size-mib 1024]
+    python -m bench.bench_large [--size-mib 1024] [--pulls 5]
 
 For each registry: wall time of skopeo's push and of its pull, and the registry's peak
 RSS during each (VmHWM from /proc/PID/status). The push and the pull are each served by
@@ -91,16 +91,25 @@ def transfer(endpoint: str, start: Start, bucket: str, action: Callable[[str], f
         )
 
 
-def measure(endpoint: str, start: Start, layout: Path, workdir: Path) -> list[Transfer]:
+def measure(endpoint: str, start: Start, layout: Path, workdir: Path, pulls: int) -> list[Transfer]:
+    """The push, then ``pulls`` pulls, each by a fresh registry process."""
     bucket = new_bucket(endpoint)
     pulled = workdir / "pulled"
     transfers = [
-        transfer(endpoint, start, bucket, lambda at: push(str(layout), at, "large/image:v1")),
-        transfer(endpoint, start, bucket, lambda at: pull(at, "large/image:v1", str(pulled))),
+        transfer(endpoint, start, bucket, lambda at: push(str(layout), at, "large/image:v1"))
     ]
-    shutil.rmtree(pulled)
+    for _ in range(pulls):
+        transfers.append(
+            transfer(endpoint, start, bucket, lambda at: pull(at, "large/image:v1", str(pulled)))
+        )
+        shutil.rmtree(pulled)
     empty_bucket(endpoint, bucket)
     return transfers
+
+
+def median_pull(transfers: list[Transfer]) -> Transfer:
+    pulls = sorted(transfers[1:], key=lambda t: t.seconds)
+    return pulls[(len(pulls) - 1) // 2]
 
 
 def empty_bucket(endpoint: str, bucket: str) -> None:
@@ -132,10 +141,12 @@ def registries(endpoint: str, workdir: Path, equal_parts: bool) -> Iterator[tupl
         yield f"distribution 2.8.2 ({'redirect' if redirect else 'redirect disabled'})", go
 
 
-def report(results: dict[str, list[Transfer]], size: int, image: int, equal_parts: bool) -> None:
-    print(
-        f"```sh\n{COMMAND} --size-mib {size // MiB}{' --equal-parts' if equal_parts else ''}\n```\n"
-    )
+def report(
+    results: dict[str, list[Transfer]], size: int, image: int, equal_parts: bool, pulls: int
+) -> None:
+    options = f" --size-mib {size // MiB}{' --equal-parts' if equal_parts else ''}"
+    options += f" --pulls {pulls}" if pulls > 1 else ""
+    print(f"```sh\n{COMMAND}{options}\n```\n")
     print(
         f"One image: a single gzip layer of {size // MiB} MiB of random bytes, {image / MiB:.1f} "
         "MiB with config and manifest. s3blobs: `python -m s3blobs serve` (gunicorn, 2 "
@@ -144,14 +155,16 @@ def report(results: dict[str, list[Transfer]], size: int, image: int, equal_part
         "distribution: 10 MiB chunks. The push and the pull each by a fresh registry "
         "process on the same bucket. RSS at rest: VmRSS before the push; peak: VmHWM, reset "
         "before the transfer; for s3blobs the largest worker and (after the slash) master + "
-        "workers together. MB/s: the image's bytes over skopeo's wall time.\n"
+        "workers together. MB/s: the image's bytes over skopeo's wall time."
+        + (f" Pull: the median of {pulls} pulls, each by a fresh process.\n" if pulls > 1 else "\n")
     )
     print(
         "| registry | RSS at rest | push s | push MB/s | peak RSS in push "
         "| pull s | pull MB/s | peak RSS in pull |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, (pushed, pulled) in results.items():
+    for name, transfers in results.items():
+        pushed, pulled = transfers[0], median_pull(transfers)
         print(
             f"| {name} | {_rss(pushed.at_rest)} | {pushed.seconds:.1f} | "
             f"{image / pushed.seconds / 1e6:.0f} | "
@@ -162,9 +175,13 @@ def report(results: dict[str, list[Transfer]], size: int, image: int, equal_part
     print("| registry | step | S3 requests | by operation |")
     print("|---|---|---|---|")
     for name, transfers in results.items():
-        for step, transfer in zip(("push", "pull"), transfers, strict=True):
+        for step, transfer in (("push", transfers[0]), ("pull", median_pull(transfers))):
             extra = f" (+{transfer.presigned})" if transfer.presigned else ""
             print(f"| {name} | {step} | {transfer.s3_requests}{extra} | {transfer.operations} |")
+    if pulls > 1:
+        print("\nEvery pull (s):\n")
+        for name, transfers in results.items():
+            print(f"- {name}: {', '.join(f'{t.seconds:.1f}' for t in transfers[1:])}")
 
 
 def _rss(memory: Memory) -> str:
@@ -181,6 +198,9 @@ def main() -> None:
         action="store_true",
         help="s3blobs with S3BLOBS_EQUAL_PARTS=true (default: false, as on AWS)",
     )
+    parser.add_argument(
+        "--pulls", type=int, default=1, help="pulls per registry; the median is reported (1)"
+    )
     args = parser.parse_args()
     require_tools("skopeo", "docker-registry")
     size = args.size_mib * MiB
@@ -191,8 +211,8 @@ def main() -> None:
         layout = workdir / "image"
         image = random_image(layout, [size])
         for name, start in registries(endpoint, workdir, args.equal_parts):
-            results[name] = measure(endpoint, start, layout, workdir)
-    report(results, size, image, args.equal_parts)
+            results[name] = measure(endpoint, start, layout, workdir, args.pulls)
+    report(results, size, image, args.equal_parts, args.pulls)
 
 
 if __name__ == "__main__":

@@ -276,18 +276,20 @@ class Manifests:
         one never more than one per key."""
         wanted = sorted(keys)
         found: set[str] = set()
-        position = 0
+        position, start_after = 0, ""
         while position < len(wanted):
+            # Just before the next key to answer, or on from the last page if it fell short.
+            start_after = max(start_after, wanted[position][:-1])
             with s3_errors(f"listing {prefix}"):
                 page = self.client.list_objects_v2(
-                    Bucket=self.bucket, Prefix=prefix, StartAfter=wanted[position][:-1]
+                    Bucket=self.bucket, Prefix=prefix, StartAfter=start_after
                 )
             listed = [item["Key"] for item in page.get("Contents", [])]
             found.update(listed)
-            answered_up_to = (listed or wanted[position : position + 1])[-1]
-            while position < len(wanted) and (
-                not page.get("IsTruncated") or wanted[position] <= answered_up_to
-            ):
+            if not page.get("IsTruncated") or not listed:
+                break  # the listing has reached the end: every key is answered
+            start_after = listed[-1]
+            while position < len(wanted) and wanted[position] <= start_after:
                 position += 1
         return found.intersection(wanted)
 
