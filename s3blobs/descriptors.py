@@ -104,7 +104,8 @@ class LinkAges:
     link, bounded; what lets a repository tell an old link from a young one without
     asking S3 when its descriptor cache answers (see ``RepositoryBlobStore.confirm``).
     A LastModified only grows while the link exists, so a remembered one is a lower
-    bound."""
+    bound. Apart, the links this process wrote and saw accepted
+    (``RepositoryBlobStore.linked_recently``)."""
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self._seen: LRUCache[tuple[str, str], LinkSeen] = LRUCache(maxsize=maxsize)

@@ -249,15 +249,18 @@ class RepositoryBlobStore(BlobStore):
 
     def linked_recently(self, digest: str) -> Descriptor | None:
         """The blob's descriptor when this process wrote its link here less than
-        ``refresh_after`` ago and then found it off gc's fence; else None (ask S3).
+        ``refresh_after`` ago, for an entry it had just written or read, and then
+        found the blob off gc's fence; else None (ask S3).
 
-        That is proof without S3 that the link and the entry are there: gc deletes an
+        While that link stays, it proves the entry without asking S3: gc deletes an
         entry only after every link to it, and a link only once it is older than the
         grace plus ``refresh_after`` (or, for a link written after gc's last listing,
         when the fence read after the write shows the blob): see :mod:`s3blobs.gc`.
-        What it does not see is a client's DELETE of the link served by another
-        process meanwhile (this process forgets the links it deletes): the answer
-        is then what it would have been had that DELETE come a moment later."""
+        It says nothing of the link itself (a client may delete it, served by any
+        process), so callers read the link from S3. A link deleted by another process
+        and written again by a request gc's fence refused, while gc deleted the entry,
+        all within ``refresh_after``, would defeat it; this process forgets the links
+        it deletes."""
         return _recent(self._links.accepted(digest), self.refresh_after)
 
     def _check_fence(self, digest: str) -> None:

@@ -323,9 +323,10 @@ class S3BlobWriter:
             self._uploads.budget.release(reserved)
 
     def _commit_parts(self, digest: Digest, media_type: str, verified: bool) -> Descriptor:
-        """Upload the tail as the last part, seal, complete, then write the entry."""
+        """Upload the tail as the last part and seal (if there is a tail or a body),
+        complete, then write the entry."""
         state = self._stored.state
-        if not self.committing and not self._bytes_in_place():
+        if not self.committing and not self._in_parts_already():
             self._flush_parts(final=True)
             self._drain()
             self._seal(digest)
@@ -359,18 +360,16 @@ class S3BlobWriter:
             return False
         return True
 
-    def _bytes_in_place(self) -> bool:
-        """Whether every byte is already where the blob keeps it (uploaded parts, or the
-        whole blob saved as its entry) and none came with this request: the common
-        commit, a PUT with no body after PATCHes. Such a commit moves no bytes, and
-        the state as it is lets any retry of it take the same steps again, so it
-        needs no seal."""
-        pieces = self._pieces
+    def _in_parts_already(self) -> bool:
+        """Whether every byte is in uploaded parts and none came with this request: the
+        common commit, a PUT with no body after PATCHes that ended on part boundaries.
+        Such a commit moves no bytes, and the state as it is lets any retry of it take
+        the same steps again, so it needs no seal."""
         return (
             self._size == self._stored.state.size
             and self._held is None
             and not len(self._buffer)
-            and (not pieces or (len(pieces) == 1 and bool(pieces[0].entry)))
+            and not self._pieces
         )
 
     def _seal(self, digest: Digest, keep_open_on_conflict: bool = False) -> bool:
