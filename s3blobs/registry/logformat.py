@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from .logbatch import BatchingHandler
 from .requestlog import Exchange, current_exchange
 from .settings import OperationsSettings
 
@@ -122,15 +123,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+class _Handler(BatchingHandler):
     """Ours, so a second install replaces it instead of doubling every line."""
 
 
 def install_logging(settings: OperationsSettings, stream: TextIO | None = None) -> logging.Handler:
-    """Log to ``stream`` (stderr) in the configured format and level; returns the handler."""
+    """Log to ``stream`` (stderr) in the configured format and level; returns the handler.
+    Lines are written in batches, at most ``logbatch.MAX_DELAY`` seconds late, WARNING
+    and worse at once (see :mod:`.logbatch`); ``handler.flush()`` writes them now."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
-        root.removeHandler(handler)
+        uninstall_logging(handler)
     handler = _Handler(stream if stream is not None else sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
@@ -147,4 +150,6 @@ def install_logging(settings: OperationsSettings, stream: TextIO | None = None) 
 
 
 def uninstall_logging(handler: logging.Handler) -> None:
+    """Remove the handler, after writing the lines it still holds."""
     logging.getLogger().removeHandler(handler)
+    handler.close()
