@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import TextIO
 
@@ -41,6 +40,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size = 0
         self._closed = False
         self._gathering = threading.Event()  # set when the first line of a batch arrives
+        self._closing = threading.Event()  # wakes a flusher waiting for its batch to gather
         self._flusher: threading.Thread | None = None
         _HANDLERS.add(self)
 
@@ -69,7 +69,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             self._write()
             self._closed = True
-        self._gathering.set()  # the flusher sees _closed and ends
+        self._closing.set()  # the flusher sees it and ends
+        self._gathering.set()
         flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join(timeout=self.max_delay + 5)
@@ -98,10 +99,9 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _flush_batches(self) -> None:
         while True:
             self._gathering.wait()
-            if self._closed:
-                return
-            # Let the batch gather; the first line is at most max_delay old when written.
-            time.sleep(self.max_delay)
+            # Let the batch gather: its first line is at most max_delay old when written.
+            if self._closing.wait(self.max_delay):
+                return  # close() wrote what there was
             # Cleared before writing: a line that comes after the write finds the buffer
             # empty and sets it again; one that comes before is in this write.
             self._gathering.clear()
@@ -113,6 +113,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines = []
         self._size = 0
         self._gathering = threading.Event()
+        self._closing = threading.Event()
         self._flusher = None
 
 
