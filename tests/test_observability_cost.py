@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,11 +27,19 @@ from netutil import free_port, wait_for_port
 from obsutil import sample
 from s3blobs import S3BlobStorage
 from s3blobs.registry import metrics
+from s3blobs.registry.auth.wsgi import IDENTITY
 from s3blobs.registry.context import request_id
 from s3blobs.registry.logbatch import BatchingHandler
+from s3blobs.registry.logformat import (
+    JsonFormatter,
+    TextFormatter,
+    install_logging,
+    uninstall_logging,
+)
 from s3blobs.registry.metricfold import observe_all
 from s3blobs.registry.metrics import RegistryMetrics, fold_metrics
-from s3blobs.registry.requestlog import Exchange
+from s3blobs.registry.requestlog import ACCESS_FORMAT, Exchange, access_arguments
+from s3blobs.registry.settings import OperationsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -318,3 +327,53 @@ def test_folding_a_histogram_equals_observing_each_value() -> None:
     plain = Plain()
     observe_all(plain, values)
     assert plain.seen == values
+
+
+# The access line written straight from the exchange ----------------------------------
+
+
+def _access_exchange() -> Exchange:
+    environ = EnvironBuilder(
+        path="/v2/lib/app/password=hunter2/blobs/sha256:abc",
+        method="PUT",
+        query_string="digest=sha256:abc&token=t0ken",
+        headers={"X-Request-Id": "fast-1"},
+    ).get_environ()
+    environ[IDENTITY] = SimpleNamespace(name="alice")
+    exchange = Exchange(environ)
+    exchange.status, exchange.duration = 201, 0.0123
+    exchange.bytes_in, exchange.bytes_out, exchange.s3_requests = 1234, 0, 3
+    return exchange
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_the_direct_access_line_is_the_records_line(formatter: type[logging.Formatter]) -> None:
+    exchange = _access_exchange()
+    access = logging.getLogger("s3blobs.access")
+    record = access.makeRecord(
+        access.name,
+        logging.INFO,
+        __file__,
+        0,
+        ACCESS_FORMAT,
+        access_arguments(exchange),
+        None,
+        extra={"request_id": exchange.id, "exchange": exchange},
+    )
+    direct = formatter().format_access(exchange, record.created)  # type: ignore[attr-defined]
+    assert direct == formatter().format(record)
+    assert "fast-1" in direct and "hunter2" not in direct and "t0ken" not in direct
+
+
+def test_a_handler_given_another_formatter_gets_records(storage: S3BlobStorage) -> None:
+    from obsutil import BufferedClient
+    from s3blobs.registry import make_app
+
+    stream = io.StringIO()
+    handler = install_logging(OperationsSettings(), stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s|%(process)d|%(message)s"))
+    try:
+        BufferedClient(make_app(storage)).get("/v2/")
+    finally:
+        uninstall_logging(handler)
+    assert f"INFO|{os.getpid()}|GET /v2/ 200 in=0 out=2 " in stream.getvalue()

@@ -26,7 +26,7 @@ def request_id(environ: dict[str, Any]) -> str:
     """This request's id; the first layer that asks assigns it."""
     rid = environ.get(REQUEST_ID)
     if rid is None:
-        sent = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = sent if _VALID.fullmatch(sent) else f"{_random_bits(128):032x}"
+        sent = environ.get("HTTP_X_REQUEST_ID")
+        rid = sent if sent and _VALID.fullmatch(sent) else f"{_random_bits(128):032x}"
         environ[REQUEST_ID] = rid
     return str(rid)

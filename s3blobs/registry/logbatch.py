@@ -51,10 +51,14 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.gather(line, record.levelno)
+
+    def gather(self, line: str, level: int) -> None:
+        """Add a formatted line (its terminator included) to the batch; with self.lock held."""
         lines = self._lines
         lines.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING or self._size >= self.max_bytes or self._closed:
+        if level >= logging.WARNING or self._size >= self.max_bytes or self._closed:
             self._write()
         elif len(lines) == 1:  # a new batch: the flusher writes it within max_delay
             if self._flusher is None:
