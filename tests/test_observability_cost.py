@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from werkzeug.test import EnvironBuilder
 
@@ -377,3 +379,52 @@ def test_a_handler_given_another_formatter_gets_records(storage: S3BlobStorage) 
     finally:
         uninstall_logging(handler)
     assert f"INFO|{os.getpid()}|GET /v2/ 200 in=0 out=2 " in stream.getvalue()
+
+
+_PIECES = st.sampled_from(
+    [
+        *("a", "Z", "0", "/", ":", "@", "=", " ", "-", ".", "%", "&", "?", "'", '"', "\n"),
+        *("authorization", "Signature=", "credential=", "x-amz-security-token=", "Bearer "),
+        *("basic", "Passw", "secret", "token", "://u:", "password:", "hunter2", "Basic "),
+    ]
+)
+# Often plain: a suspect word in one field must be found even when no other has one.
+_TEXT = st.one_of(st.just("x"), st.lists(_PIECES, max_size=12).map("".join))
+_ID = st.lists(
+    st.sampled_from(["a", "9", ".", "_", ":", "-", "password", "Authorization", "secret"]),
+    min_size=1,
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.one_of(st.sampled_from(["GET", "PUT"]), _TEXT.filter(bool)),
+    path=_TEXT,
+    query=_TEXT,
+    user=_TEXT,
+    sent_id=_ID,
+)
+def test_the_direct_text_line_is_scrubbed_as_the_records_line(
+    method: str, path: str, query: str, user: str, sent_id: str
+) -> None:
+    """Whatever a client puts in the fields it chooses, the line written straight from
+    the exchange (scrubbed only when a field is suspect) is the record's line (whose
+    whole text is scrubbed)."""
+    environ = EnvironBuilder(path="/v2/", headers={"X-Request-Id": sent_id}).get_environ()
+    environ.update(REQUEST_METHOD=method, PATH_INFO="/v2/" + path, QUERY_STRING=query)
+    environ[IDENTITY] = SimpleNamespace(name=user)
+    exchange = Exchange(environ)
+    exchange.status, exchange.duration = 200, 0.5
+    access = logging.getLogger("s3blobs.access")
+    record = access.makeRecord(
+        access.name,
+        logging.INFO,
+        __file__,
+        0,
+        ACCESS_FORMAT,
+        access_arguments(exchange),
+        None,
+        extra={"request_id": exchange.id, "exchange": exchange},
+    )
+    assert TextFormatter().format_access(exchange, record.created) == TextFormatter().format(record)

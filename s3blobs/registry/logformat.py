@@ -10,6 +10,7 @@ level: botocore's DEBUG output carries signed request headers.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -61,15 +62,41 @@ _SUSPECT_WORDS = (
 
 def scrub(text: str) -> str:
     """``text`` with every credential-looking value replaced by REDACTED."""
-    lowered = text.lower()
-    for word in _SUSPECT_WORDS:  # a loop, not any(generator): a frame less per line
-        if word in lowered:
-            break
-    else:
+    if not _suspect(text):
         return text
     for pattern in _SECRETS:
         text = pattern.sub(r"\1REDACTED", text)
     return text
+
+
+def _suspect(text: str) -> bool:
+    """Whether ``text`` holds a word that every secret pattern needs."""
+    lowered = text.lower()
+    for word in _SUSPECT_WORDS:  # noqa: SIM110 (a loop, not any(generator): a frame less)
+        if word in lowered:
+            return True
+    return False
+
+
+# The same, remembered for the access line's fields a client chooses that repeat (the
+# method, the logged path, the user).
+_suspect_field = functools.lru_cache(maxsize=4096)(_suspect)
+
+
+def _access_line_suspect(exchange: Exchange, path: str) -> bool:
+    """Whether the access line may hold a secret, judged from the fields a client
+    chooses; the rest of the line (time, level, logger, numbers, and the words between
+    the fields) holds no suspect word, and no suspect word can straddle a field's
+    edge: each field is followed by a space, a ']', or the line's end, none of which
+    is in a word, and the words before a field end in ' ', '[' or 'user=', which start
+    none. A request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no
+    pattern can match it."""
+    return (
+        _suspect_field(exchange.method)
+        or _suspect_field(path)
+        or _suspect_field(exchange.user)
+        or (":" in exchange.id and _suspect(exchange.id))
+    )
 
 
 class RequestIdFilter(logging.Filter):
@@ -105,8 +132,11 @@ class TextFormatter(logging.Formatter):
 
     def format_access(self, exchange: Exchange, created: float) -> str:
         """What format() makes of the access line's record, without the record."""
+        arguments = access_arguments(exchange)
         line = self._prefix(created, _msecs(created), "INFO", ACCESS_LOG.name)
-        return scrub(line + f"[{exchange.id}] {ACCESS_FORMAT % access_arguments(exchange)}")
+        line += f"[{exchange.id}] {ACCESS_FORMAT % arguments}"
+        # arguments[1] is the logged path: scrubbing is checked for by field, cached.
+        return scrub(line) if _access_line_suspect(exchange, arguments[1]) else line
 
     def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
         # One line per request: the timestamp is built once a second, not per line.
