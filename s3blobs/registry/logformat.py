@@ -198,8 +198,10 @@ class _Handler(BatchingHandler):
         formatter = self.formatter
         if (
             self.level > logging.INFO
-            or len(self.filters) != 1  # RequestIdFilter: the exchange has the id
-            or not isinstance(formatter, (TextFormatter, JsonFormatter))
+            # install_logging's RequestIdFilter only: the exchange has the id it adds
+            or len(self.filters) != 1
+            or type(self.filters[0]) is not RequestIdFilter
+            or type(formatter) not in (TextFormatter, JsonFormatter)
         ):
             return False
         line = formatter.format_access(exchange, time.time())
