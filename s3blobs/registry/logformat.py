@@ -196,12 +196,14 @@ class _Handler(BatchingHandler):
         """Gather the access line as format() would write its record, unless this
         handler was given another formatter, filter or level: False, then."""
         formatter = self.formatter
+        # Exactly ours (a subclass may format otherwise).
+        if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
+            return False
         if (
             self.level > logging.INFO
             # install_logging's RequestIdFilter only: the exchange has the id it adds
             or len(self.filters) != 1
             or type(self.filters[0]) is not RequestIdFilter
-            or type(formatter) not in (TextFormatter, JsonFormatter)
         ):
             return False
         line = formatter.format_access(exchange, time.time())
