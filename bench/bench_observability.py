@@ -44,7 +44,7 @@ from s3blobs.registry import RegistryApp, create_app, make_app
 from s3blobs.registry.auth.settings import SecuritySettings
 from s3blobs.registry.auth.wsgi import Authentication, Authorization
 from s3blobs.registry.hardening import SecurityHeaders, WSGIApp
-from s3blobs.registry.logformat import install_logging
+from s3blobs.registry.logformat import install_logging, uninstall_logging
 from s3blobs.registry.proxies import BehindProxies, trusted_proxies
 from s3blobs.registry.requestlog import RequestLog
 from s3blobs.registry.settings import OperationsSettings
@@ -259,16 +259,15 @@ def main() -> None:
                 rounds.append(f"{label}, {name}: {rates[name]}")
         print("\nEvery round (req/s):\n" + "\n".join(rounds))
         stack.close()  # the servers: their logs are complete
-        access_lines = sum(
-            " s3blobs.access " in line for line in (workdir / "on.log").read_text().splitlines()
-        )
+        [on_log] = workdir.glob(f"on-{servers['on'][0]}.log")
+        access_lines = sum(" s3blobs.access " in line for line in on_log.read_text().splitlines())
         print(f"\naccess lines written by the 'on' server: {access_lines}")
 
         print(
             "\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request (us):\n"
         )
         log_file = open(workdir / "access.log", "w")  # noqa: SIM115 (closed below)
-        install_logging(OperationsSettings(), log_file)
+        handler = install_logging(OperationsSettings(), log_file)
         bare = unobserved(bare_storage)
         layers = {
             "off": (bare, False),
@@ -282,6 +281,7 @@ def main() -> None:
         for label, (method, path) in requests.items():
             costs = in_process(layers, method, path, in_process_count[label])
             print(f"| {label} | " + " | ".join(f"{cost:.0f}" for cost in costs.values()) + " |")
+        uninstall_logging(handler)  # writes its last lines while the file is open
         log_file.close()
 
 

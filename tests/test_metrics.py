@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -325,13 +326,21 @@ def test_gunicorn_workers_are_summed(server_env: dict[str, str], tmp_path: Path)
         for _ in range(30):
             response = requests.get(f"http://127.0.0.1:{port}/v2/", timeout=10)
             assert response.status_code == 200
-        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        # The live worker folds its figures into the shared files once a second: poll
+        # (a recycled worker folded them as it exited).
+        deadline = time.monotonic() + 10
+        while True:
+            text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            served = re.search(
+                r's3blobs_http_requests_total\{method="GET",route="base",status="200"\} (\S+)',
+                text,
+            )
+            if (served and float(served.group(1)) >= 30) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    served = re.search(
-        r's3blobs_http_requests_total\{method="GET",route="base",status="200"\} (\S+)', text
-    )
     assert served is not None and float(served.group(1)) == 30
     writers = {path.name for path in multiproc.glob("counter_*.db")}
     assert len(writers) >= 4  # the master's, and one per worker process

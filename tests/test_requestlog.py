@@ -206,7 +206,12 @@ def test_no_secret_in_the_log_of_a_push_and_pull(tmp_path: Path) -> None:
             f"docker://{registry}/obs/image:v1",
             f"oci:{pulled}:v1",
         )
-        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        # A worker folds its figures into the shared files once a second: poll.
+        metrics = scrape_until(
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            r"s3blobs_manifests_pushed_total 1\.0",
+            r"s3blobs_blob_redirects_total [1-9]",
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -223,6 +228,16 @@ def test_no_secret_in_the_log_of_a_push_and_pull(tmp_path: Path) -> None:
     assert "X-Amz-Signature" not in masked and "X-Amz-Credential" not in masked
     assert re.search(r"s3blobs_manifests_pushed_total 1\.0", metrics)
     assert re.search(r"s3blobs_blob_redirects_total [1-9]", metrics)
+
+
+def scrape_until(url: str, *patterns: str, seconds: float = 10) -> str:
+    """The metrics at ``url`` once they match every pattern (or the last scrape)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = requests.get(url, timeout=10).text
+        if all(re.search(pattern, text) for pattern in patterns) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
 
 
 def wait_for_line(

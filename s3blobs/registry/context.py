@@ -8,20 +8,25 @@ while serving the request: a client quotes it, the operator finds the log.
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 from typing import Any
 
 REQUEST_ID = "s3blobs.request_id"
 REQUEST_ID_HEADER = "X-Request-Id"
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Not uuid4: it asks the kernel for randomness (a getrandom syscall that releases the
+# GIL) on every request. The random module's generator needs no syscall, and it
+# reseeds itself in a forked child (random.py registers that with os.register_at_fork),
+# so gunicorn's workers never share a sequence. An id only has to be unique, not secret.
+_random_bits = random.getrandbits
 
 
 def request_id(environ: dict[str, Any]) -> str:
     """This request's id; the first layer that asks assigns it."""
     rid = environ.get(REQUEST_ID)
     if rid is None:
-        sent = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = sent if _VALID.fullmatch(sent) else uuid.uuid4().hex
+        sent = environ.get("HTTP_X_REQUEST_ID")
+        rid = sent if sent and _VALID.fullmatch(sent) else f"{_random_bits(128):032x}"
         environ[REQUEST_ID] = rid
     return str(rid)

@@ -10,6 +10,7 @@ level: botocore's DEBUG output carries signed request headers.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -17,7 +18,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .requestlog import Exchange, current_exchange
+from .logbatch import BatchingHandler
+from .requestlog import (
+    ACCESS_FORMAT,
+    ACCESS_LOG,
+    Exchange,
+    access_arguments,
+    current_exchange,
+)
 from .settings import OperationsSettings
 
 #: Libraries whose INFO/DEBUG output would repeat our access line or print secrets.
@@ -54,12 +62,41 @@ _SUSPECT_WORDS = (
 
 def scrub(text: str) -> str:
     """``text`` with every credential-looking value replaced by REDACTED."""
-    lowered = text.lower()
-    if not any(word in lowered for word in _SUSPECT_WORDS):
+    if not _suspect(text):
         return text
     for pattern in _SECRETS:
         text = pattern.sub(r"\1REDACTED", text)
     return text
+
+
+def _suspect(text: str) -> bool:
+    """Whether ``text`` holds a word that every secret pattern needs."""
+    lowered = text.lower()
+    for word in _SUSPECT_WORDS:  # noqa: SIM110 (a loop, not any(generator): a frame less)
+        if word in lowered:
+            return True
+    return False
+
+
+# The same, remembered for the access line's fields a client chooses that repeat (the
+# method, the logged path, the user).
+_suspect_field = functools.lru_cache(maxsize=4096)(_suspect)
+
+
+def _access_line_suspect(exchange: Exchange, path: str) -> bool:
+    """Whether the access line may hold a secret, judged from the fields a client
+    chooses; the rest of the line (time, level, logger, numbers, and the words between
+    the fields) holds no suspect word, and no suspect word can straddle a field's
+    edge: each field is followed by a space, a ']', or the line's end, none of which
+    is in a word, and the words before a field end in ' ', '[' or 'user=', which start
+    none. A request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no
+    pattern can match it."""
+    return (
+        _suspect_field(exchange.method)
+        or _suspect_field(path)
+        or _suspect_field(exchange.user)
+        or (":" in exchange.id and _suspect(exchange.id))
+    )
 
 
 class RequestIdFilter(logging.Filter):
@@ -77,20 +114,14 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        # (second, its text): one attribute, so two threads formatting at once (the
+        # access line is formatted outside the handler's lock) never mix them up.
+        self._stamp = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        # One line per request: the timestamp is built once a second, not per line.
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
         request_id = getattr(record, "request_id", "-")
-        line = (
-            f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
-            f"[{request_id}] {record.getMessage()}"
-        )
+        line = self._prefix(record.created, record.msecs, record.levelname, record.name)
+        line += f"[{request_id}] {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
@@ -99,6 +130,23 @@ class TextFormatter(logging.Formatter):
             line += "\n" + self.formatStack(record.stack_info)
         return scrub(line)
 
+    def format_access(self, exchange: Exchange, created: float) -> str:
+        """What format() makes of the access line's record, without the record."""
+        arguments = access_arguments(exchange)
+        line = self._prefix(created, _msecs(created), "INFO", ACCESS_LOG.name)
+        line += f"[{exchange.id}] {ACCESS_FORMAT % arguments}"
+        # arguments[1] is the logged path: scrubbing is checked for by field, cached.
+        return scrub(line) if _access_line_suspect(exchange, arguments[1]) else line
+
+    def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
+        # One line per request: the timestamp is built once a second, not per line.
+        second, stamp = self._stamp
+        if second != int(created):
+            second = int(created)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = (second, stamp)
+        return f"{stamp}.{int(msecs):03d}Z {levelname} {name} "
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, request_id, message, and for
@@ -106,31 +154,71 @@ class JsonFormatter(logging.Formatter):
     s3_requests, user."""
 
     def format(self, record: logging.LogRecord) -> str:
-        created = time.gmtime(record.created)
-        line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
-            "message": scrub(record.getMessage()),
-        }
+        line = self._fields(record.created, record.msecs, record.levelname, record.name)
+        line["request_id"] = getattr(record, "request_id", "-")
+        line["message"] = scrub(record.getMessage())
         exchange = getattr(record, "exchange", None)
         if isinstance(exchange, Exchange):  # an access line
-            line.update(exchange.log_fields())
+            line.update(_scrubbed_fields(exchange))
         if record.exc_info:
             line["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(line)
 
+    def format_access(self, exchange: Exchange, created: float) -> str:
+        """What format() makes of the access line's record, without the record."""
+        line = self._fields(created, _msecs(created), "INFO", ACCESS_LOG.name)
+        line["request_id"] = exchange.id
+        line["message"] = scrub(ACCESS_FORMAT % access_arguments(exchange))
+        line.update(_scrubbed_fields(exchange))
+        return json.dumps(line)
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    @staticmethod
+    def _fields(created: float, msecs: float, levelname: str, name: str) -> dict[str, Any]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        return {"time": f"{stamp}.{int(msecs):03d}Z", "level": levelname, "logger": name}
+
+
+def _scrubbed_fields(exchange: Exchange) -> dict[str, Any]:
+    """The access line's fields; the path and user scrubbed as the message is."""
+    fields = exchange.log_fields()
+    fields["path"], fields["user"] = scrub(fields["path"]), scrub(fields["user"])
+    return fields
+
+
+def _msecs(created: float) -> float:
+    return int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+
+
+class _Handler(BatchingHandler):
     """Ours, so a second install replaces it instead of doubling every line."""
+
+    def write_access_line(self, exchange: Exchange) -> bool:
+        """Gather the access line as format() would write its record, unless this
+        handler was given another formatter, filter or level: False, then."""
+        formatter = self.formatter
+        # Exactly ours (a subclass may format otherwise).
+        if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
+            return False
+        if (
+            self.level > logging.INFO
+            # install_logging's RequestIdFilter only: the exchange has the id it adds
+            or len(self.filters) != 1
+            or type(self.filters[0]) is not RequestIdFilter
+        ):
+            return False
+        line = formatter.format_access(exchange, time.time())
+        with self.lock:  # type: ignore[union-attr]
+            self.gather(line + self.terminator, logging.INFO)
+        return True
 
 
 def install_logging(settings: OperationsSettings, stream: TextIO | None = None) -> logging.Handler:
-    """Log to ``stream`` (stderr) in the configured format and level; returns the handler."""
+    """Log to ``stream`` (stderr) in the configured format and level; returns the handler.
+    Lines are written in batches, at most ``logbatch.MAX_DELAY`` seconds late, WARNING
+    and worse at once (see :mod:`.logbatch`); ``handler.flush()`` writes them now."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
-        root.removeHandler(handler)
+        uninstall_logging(handler)
     handler = _Handler(stream if stream is not None else sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
@@ -147,4 +235,6 @@ def install_logging(settings: OperationsSettings, stream: TextIO | None = None) 
 
 
 def uninstall_logging(handler: logging.Handler) -> None:
+    """Remove the handler, after writing the lines it still holds."""
     logging.getLogger().removeHandler(handler)
+    handler.close()

@@ -25,6 +25,8 @@ import logging
 import os
 import threading
 import time
+from collections import Counter as Tally
+from collections import deque
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -34,10 +36,16 @@ from ..errors import ConfigError
 from ..s3 import THROTTLED
 from ..storage import S3BlobStorage
 from .auth.wsgi import AUTH_FAILURE
+from .metricfold import Folder, FoldFirst, drain, observe_all
 from .requestlog import Exchange, current_exchange
 from .settings import OperationsSettings
 
 log = logging.getLogger(__name__)
+
+# Before the metrics are defined, so that a scrape of the default registry folds
+# first: a registry collects its collectors in the order they were registered.
+FOLDER = Folder()
+REGISTRY.register(FoldFirst(FOLDER))
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -89,6 +97,23 @@ EVENTS_DROPPED = Counter(
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+# What each finished request adds, folded in by _fold_http: (route, method, status,
+# duration, bytes in, bytes out, a POST ?digest= to uploads, the auth failure's reason).
+_Answered = tuple[str, str, int, float, int, int, bool, str | None]
+_ANSWERED: deque[_Answered] = deque()
+# Past this many unfolded requests (the folding thread starved), a request folds itself.
+_MAX_PENDING = 100_000
+# The cache statistics to copy, one export per CacheStats object (by id: kept alive here).
+_CACHE_EXPORTS: dict[int, _CacheStatsExport] = {}
+
+
+def fold_metrics() -> None:
+    """Bring the metrics up to date with every request answered and S3 request made so
+    far in this process. A scrape of this process's registry does it first by itself;
+    otherwise it happens every second (in multiprocess mode, the other processes' scrape
+    sees a worker's figures up to a second late)."""
+    FOLDER.fold()
+
 
 class RegistryMetrics:
     """The metrics of one registry app: instruments its storage's S3 client, and
@@ -97,110 +122,131 @@ class RegistryMetrics:
     def __init__(self, storage: S3BlobStorage) -> None:
         instrument_s3_client(storage.client)
         stats = getattr(storage.descriptor_service_factory, "stats", None)
-        self._cache = _CacheStatsExport(stats) if stats is not None else None
-        # prometheus_client's .labels() takes a lock and builds a key: remember the
-        # children per (route, method, status) instead (a few dozen at most).
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        if stats is not None:
+            _CACHE_EXPORTS.setdefault(id(stats), _CacheStatsExport(stats))
 
     def observe(self, exchange: Exchange) -> None:
+        """Note the request (folded into the metrics within a second, see metricfold)."""
         route = exchange.route
         method = exchange.method if exchange.method in _METHODS else "OTHER"
         status = exchange.status
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                HTTP_REQUESTS.labels(route, method, str(status)),
-                HTTP_DURATION.labels(route, method),
-                RECEIVED_BYTES.labels(route),
-                SENT_BYTES.labels(route),
+        _ANSWERED.append(
+            (
+                route,
+                method,
+                status,
+                exchange.duration,
+                exchange.bytes_in,
+                exchange.bytes_out,
+                route == "uploads" and "digest=" in exchange.query,
+                _auth_failure(exchange, status) if status in (401, 403) else None,
             )
-            self._children[key] = children
-        requests, duration, received, sent = children
-        requests.inc()
-        duration.observe(exchange.duration)
-        if exchange.bytes_in:
-            received.inc(exchange.bytes_in)
-        if exchange.bytes_out:
-            sent.inc(exchange.bytes_out)
-        if route in _ROUTE_COUNTS:
-            _ROUTE_COUNTS[route](exchange, method, status)
-        if status in (401, 403):
-            _auth_failure(exchange, status)
-        if self._cache is not None:
-            self._cache.sync()
+        )
+        FOLDER.ensure_running()
+        if len(_ANSWERED) > _MAX_PENDING:
+            FOLDER.fold()
 
 
-def _uploads(exchange: Exchange, method: str, status: int) -> None:
+def _fold_http() -> None:
+    answered = drain(_ANSWERED)
+    if not answered:
+        return
+    requests: Tally[tuple[str, str, int]] = Tally()
+    durations: dict[tuple[str, str], list[float]] = {}
+    received: Tally[str] = Tally()
+    sent: Tally[str] = Tally()
+    counts: Tally[Any] = Tally()  # metric (a counter, or the open uploads gauge): change
+    for route, method, status, duration, bytes_in, bytes_out, digest_query, auth in answered:
+        requests[route, method, status] += 1
+        durations.setdefault((route, method), []).append(duration)
+        if bytes_in:
+            received[route] += bytes_in
+        if bytes_out:
+            sent[route] += bytes_out
+        route_counts = _ROUTE_COUNTS.get(route)
+        if route_counts is not None:
+            route_counts(counts, method, status, digest_query)
+        if auth is not None:
+            counts[AUTH_FAILURES.labels(auth)] += 1
+    for (route, method, status), count in requests.items():
+        HTTP_REQUESTS.labels(route, method, str(status)).inc(count)
+    for (route, method), values in durations.items():
+        observe_all(HTTP_DURATION.labels(route, method), values)
+    for route, count in received.items():
+        RECEIVED_BYTES.labels(route).inc(count)
+    for route, count in sent.items():
+        SENT_BYTES.labels(route).inc(count)
+    for metric, change in counts.items():
+        if change:
+            metric.inc(change)
+
+
+def _uploads(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
     """POST .../blobs/uploads/: 202 opens an upload; ``?digest=`` is a whole upload."""
     if method != "POST":
         return
     if status == 202:
-        UPLOADS_STARTED.inc()
-        UPLOADS_OPEN.inc()
-    elif "digest=" in exchange.query:
-        UPLOADS_STARTED.inc()
+        counts[UPLOADS_STARTED] += 1
+        counts[UPLOADS_OPEN] += 1
+    elif digest_query:
+        counts[UPLOADS_STARTED] += 1
         if status == 201:
-            UPLOADS_COMMITTED.inc()
+            counts[UPLOADS_COMMITTED] += 1
         elif status >= 400:
-            UPLOADS_FAILED.inc()
+            counts[UPLOADS_FAILED] += 1
 
 
-def _upload(exchange: Exchange, method: str, status: int) -> None:
+def _upload(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
     """PATCH, PUT and DELETE on an open upload."""
     if method == "PUT" and status == 201:
-        UPLOADS_COMMITTED.inc()
-        UPLOADS_OPEN.dec()
+        counts[UPLOADS_COMMITTED] += 1
+        counts[UPLOADS_OPEN] -= 1
     elif method in ("PUT", "PATCH") and status >= 400:
-        UPLOADS_FAILED.inc()
+        counts[UPLOADS_FAILED] += 1
     elif method == "DELETE" and status == 204:
-        UPLOADS_CANCELLED.inc()
-        UPLOADS_OPEN.dec()
+        counts[UPLOADS_CANCELLED] += 1
+        counts[UPLOADS_OPEN] -= 1
 
 
-def _manifest(exchange: Exchange, method: str, status: int) -> None:
+def _manifest(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
     if method == "PUT" and status == 201:
-        MANIFESTS_PUSHED.inc()
+        counts[MANIFESTS_PUSHED] += 1
     elif method == "GET" and status == 200:
-        MANIFESTS_PULLED.inc()
+        counts[MANIFESTS_PULLED] += 1
 
 
-def _blob(exchange: Exchange, method: str, status: int) -> None:
+def _blob(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
     if method == "GET" and status == 307:
-        REDIRECTS.inc()
+        counts[REDIRECTS] += 1
 
 
 _ROUTE_COUNTS = {"uploads": _uploads, "upload": _upload, "manifest": _manifest, "blob": _blob}
 
 
-def _auth_failure(exchange: Exchange, status: int) -> None:
+def _auth_failure(exchange: Exchange, status: int) -> str:
     """Why a request was refused, in a few words (bounded: a label)."""
     environ = exchange.environ
     if status == 403:
-        reason = "denied"  # who it is may not do this
-    elif AUTH_FAILURE in environ:
-        reason = "rejected_credentials"  # a password or token that does not check out
-    elif "HTTP_AUTHORIZATION" in environ:
-        reason = "insufficient_scope"  # a valid token without this access
-    else:
-        reason = "no_credentials"  # the challenge every client starts with
-    AUTH_FAILURES.labels(reason).inc()
+        return "denied"  # who it is may not do this
+    if AUTH_FAILURE in environ:
+        return "rejected_credentials"  # a password or token that does not check out
+    if "HTTP_AUTHORIZATION" in environ:
+        return "insufficient_scope"  # a valid token without this access
+    return "no_credentials"  # the challenge every client starts with
 
 
 class _CacheStatsExport:
-    """Adds what a CacheStats gained since the last look to the cache counters."""
+    """Adds what a CacheStats gained since the last fold to the cache counters."""
 
     def __init__(self, stats: Any) -> None:
         self._stats = stats
-        self._lock = threading.Lock()
         self._seen = (0, 0, 0)
 
-    def sync(self) -> None:
+    def sync(self) -> None:  # by one fold at a time
         stats = self._stats
-        with self._lock:  # read under it too: a late reader must not move _seen back
-            hits, misses, evictions = stats.hits, stats.misses, getattr(stats, "evictions", 0)
-            seen_hits, seen_misses, seen_evictions = self._seen
-            self._seen = (hits, misses, evictions)
+        hits, misses, evictions = stats.hits, stats.misses, getattr(stats, "evictions", 0)
+        seen_hits, seen_misses, seen_evictions = self._seen
+        self._seen = (hits, misses, evictions)
         if hits > seen_hits:
             CACHE_HITS.inc(hits - seen_hits)
         if misses > seen_misses:
@@ -209,12 +255,17 @@ class _CacheStatsExport:
             CACHE_EVICTIONS.inc(evictions - seen_evictions)
 
 
+def _fold_caches() -> None:
+    for export in list(_CACHE_EXPORTS.values()):
+        export.sync()
+
+
 # S3 ----------------------------------------------------------------------------------
 
 _STARTED = "s3blobs_metrics_started"
-# Label children by key, as for HTTP: .labels() costs a lock and a tuple each time.
-_S3_COUNTS: dict[tuple[str, str], Any] = {}
-_S3_DURATIONS: dict[str, Any] = {}
+# Each HTTP attempt: (operation, outcome); each call: (operation, seconds). Folded by _fold_s3.
+_S3_ATTEMPTS: deque[tuple[str, str]] = deque()
+_S3_CALLS: deque[tuple[str, float]] = deque()
 
 
 def instrument_s3_client(client: Any) -> None:
@@ -238,11 +289,9 @@ def _attempt_answered(
     **_: Any,
 ) -> None:
     """One HTTP attempt answered (or failed to be): what S3 itself would count."""
-    key = (event_name.rpartition(".")[2], s3_outcome(response_dict, parsed_response, exception))
-    counter = _S3_COUNTS.get(key)
-    if counter is None:
-        counter = _S3_COUNTS.setdefault(key, S3_REQUESTS.labels(*key))
-    counter.inc()
+    outcome = s3_outcome(response_dict, parsed_response, exception)
+    _S3_ATTEMPTS.append((event_name.rpartition(".")[2], outcome))
+    FOLDER.ensure_running()
     exchange = current_exchange()
     if exchange is not None:
         exchange.s3_requests += 1
@@ -250,13 +299,32 @@ def _attempt_answered(
 
 def _call_ended(event_name: str, context: dict[str, Any], **_: Any) -> None:
     started = context.get(_STARTED)
-    if started is None:
-        return
-    operation = event_name.rpartition(".")[2]
-    histogram = _S3_DURATIONS.get(operation)
-    if histogram is None:
-        histogram = _S3_DURATIONS.setdefault(operation, S3_DURATION.labels(operation))
-    histogram.observe(time.perf_counter() - started)
+    if started is not None:
+        _S3_CALLS.append((event_name.rpartition(".")[2], time.perf_counter() - started))
+
+
+def _fold_s3() -> None:
+    for (operation, outcome), count in Tally(drain(_S3_ATTEMPTS)).items():
+        S3_REQUESTS.labels(operation, outcome).inc(count)
+    calls: dict[str, list[float]] = {}
+    for operation, seconds in drain(_S3_CALLS):
+        calls.setdefault(operation, []).append(seconds)
+    for operation, values in calls.items():
+        observe_all(S3_DURATION.labels(operation), values)
+
+
+FOLDER.add(_fold_http)
+FOLDER.add(_fold_s3)
+FOLDER.add(_fold_caches)
+
+
+def _empty_after_fork() -> None:
+    # What the parent gathered is the parent's to fold: a copy here would count twice.
+    for pending in (_ANSWERED, _S3_ATTEMPTS, _S3_CALLS):
+        pending.clear()
+
+
+os.register_at_fork(after_in_child=_empty_after_fork)
 
 
 def s3_outcome(
@@ -311,6 +379,7 @@ def serve_metrics(addr: tuple[str, int]) -> MetricsListener | None:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
+        registry.register(FoldFirst(FOLDER))  # this process's own figures, up to date
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     try:
         server, thread = _start_http_server(port, addr=host, registry=registry)

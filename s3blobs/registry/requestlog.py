@@ -12,6 +12,7 @@ client puts in a URL is ever written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -123,7 +124,7 @@ class Exchange:
     def logged_path(self) -> str:
         """The path (percent-encoded again, so a decoded newline cannot forge a line)
         and the API's own query parameters; other values are REDACTED."""
-        path = quote(self.path, safe=_PATH_SAFE)
+        path = _quoted_path(self.path)
         if not self.query:
             return path
         pairs = [
@@ -131,6 +132,12 @@ class Exchange:
             for key, value in parse_qsl(self.query, keep_blank_values=True)
         ]
         return path + "?" + "&".join(pairs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_path(path: str) -> str:
+    # Remembered: a registry is asked for the same few paths over and over.
+    return quote(path, safe=_PATH_SAFE)
 
 
 _current: ContextVar[Exchange | None] = ContextVar("s3blobs_exchange", default=None)
@@ -164,7 +171,10 @@ class RequestLog:
             exchange.status = int(status[:3])
             exchange.headers = headers
             # The layers inside spell the header as REQUEST_ID_HEADER does.
-            if not any(key == REQUEST_ID_HEADER for key, _ in headers):
+            for key, _ in headers:
+                if key == REQUEST_ID_HEADER:
+                    break
+            else:
                 headers.append((REQUEST_ID_HEADER, exchange.id))
             return start_response(status, headers, exc_info)
 
@@ -184,35 +194,64 @@ class RequestLog:
         with the exchange current, so what they log carries its id."""
         exchange.duration = time.perf_counter() - exchange.started
         if ACCESS_LOG.isEnabledFor(logging.INFO):
-            # makeRecord + handle: what .info() does, without looking up the caller's
-            # frame (the access line has one caller, this one).
-            ACCESS_LOG.handle(
-                ACCESS_LOG.makeRecord(
-                    ACCESS_LOG.name,
-                    logging.INFO,
-                    __file__,
-                    0,
-                    "%s %s %d in=%d out=%d %.1fms s3=%d user=%s",
-                    (
-                        exchange.method,
-                        exchange.logged_path(),
-                        exchange.status,
-                        exchange.bytes_in,
-                        exchange.bytes_out,
-                        exchange.duration * 1000,
-                        exchange.s3_requests,
-                        exchange.user,
-                    ),
-                    None,
-                    extra={"request_id": exchange.id, "exchange": exchange},
+            write = getattr(_sole_handler(), "write_access_line", None)
+            if write is None or not write(exchange):
+                # makeRecord + handle: what .info() does, without looking up the
+                # caller's frame (the access line has one caller, this one).
+                ACCESS_LOG.handle(
+                    ACCESS_LOG.makeRecord(
+                        ACCESS_LOG.name,
+                        logging.INFO,
+                        __file__,
+                        0,
+                        ACCESS_FORMAT,
+                        access_arguments(exchange),
+                        None,
+                        extra={"request_id": exchange.id, "exchange": exchange},
+                    )
                 )
-            )
         for observe in self.observers:
             try:
                 observe(exchange)
             except Exception:
                 # Watching the registry must never break it.
                 log.exception("observer %r failed", observe)
+
+
+#: The access line's message, with access_arguments(exchange).
+ACCESS_FORMAT = "%s %s %d in=%d out=%d %.1fms s3=%d user=%s"
+
+
+def access_arguments(exchange: Exchange) -> tuple[Any, ...]:
+    return (
+        exchange.method,
+        exchange.logged_path(),
+        exchange.status,
+        exchange.bytes_in,
+        exchange.bytes_out,
+        exchange.duration * 1000,
+        exchange.s3_requests,
+        exchange.user,
+    )
+
+
+def _sole_handler() -> logging.Handler | None:
+    """The handler an access record would reach, when it would reach that one only,
+    unfiltered by its logger. Such a handler may write the line straight from the
+    exchange (``write_access_line``, install_logging's handler does): a LogRecord
+    and logging's dispatch through three loggers were most of what a line cost. When
+    anyone else listens (a handler added anywhere on the way), the record is made."""
+    logger: logging.Logger | None = ACCESS_LOG
+    if ACCESS_LOG.filters or ACCESS_LOG.disabled:
+        return None
+    found = None
+    while logger is not None:
+        for handler in logger.handlers:
+            if found is not None:
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    return found
 
 
 def _reset(token: Token[Exchange | None]) -> None:

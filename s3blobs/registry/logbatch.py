@@ -1,0 +1,130 @@
+"""A logging handler that writes its lines in batches instead of one write per line.
+
+A registry writes a line per request; written one at a time, each costs a write
+syscall and a flush, which in a gunicorn worker (threads handing the GIL to one
+another) was the larger part of what the access line cost. :class:`BatchingHandler`
+keeps formatted lines in memory and writes them together: when
+``max_bytes`` have gathered, when a small flusher thread finds lines older than
+``max_delay`` seconds (so an idle server's last lines still appear promptly), and at
+once, after what was gathered before it, for a WARNING or worse (problems are never
+late). ``flush()`` and ``close()`` write what is left, and so does ``logging.shutdown``
+at interpreter exit (a gunicorn worker's graceful exit on SIGTERM runs it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import TextIO
+
+#: How late a line may be written, at most (seconds), and how much is gathered at most.
+MAX_DELAY = 0.25
+MAX_BYTES = 64 * 1024
+
+# Every live handler, for the fork hook below.
+_HANDLERS: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
+
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler whose lines are written in batches (see the module)."""
+
+    def __init__(
+        self, stream: TextIO, max_delay: float = MAX_DELAY, max_bytes: int = MAX_BYTES
+    ) -> None:
+        super().__init__(stream)
+        self.max_delay = max_delay
+        self.max_bytes = max_bytes
+        self._lines: list[str] = []
+        self._size = 0
+        self._closed = False
+        self._gathering = threading.Event()  # set when the first line of a batch arrives
+        self._closing = threading.Event()  # wakes a flusher waiting for its batch to gather
+        self._flusher: threading.Thread | None = None
+        _HANDLERS.add(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle calls this with self.lock held: the buffer needs no lock of its own.
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self.gather(line, record.levelno)
+
+    def gather(self, line: str, level: int) -> None:
+        """Add a formatted line (its terminator included) to the batch; with self.lock held."""
+        lines = self._lines
+        lines.append(line)
+        self._size += len(line)
+        if level >= logging.WARNING or self._size >= self.max_bytes or self._closed:
+            self._write()
+        elif len(lines) == 1:  # a new batch: the flusher writes it within max_delay
+            if self._flusher is None:
+                self._start_flusher()
+            self._gathering.set()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+            self._closed = True
+        self._closing.set()  # the flusher sees it and ends
+        self._gathering.set()
+        flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=self.max_delay + 5)
+        super().close()
+
+    def _write(self) -> None:
+        """Write what has gathered, in one write and one flush (called under self.lock)."""
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        count = len(self._lines)
+        self._lines.clear()
+        self._size = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:
+            # As a StreamHandler does for one line: report (if logging.raiseExceptions) and go on.
+            self.handleError(logging.makeLogRecord({"msg": f"{count} batched log lines"}))
+
+    def _start_flusher(self) -> None:
+        flusher = threading.Thread(target=self._flush_batches, name="s3blobs-log", daemon=True)
+        self._flusher = flusher
+        flusher.start()
+
+    def _flush_batches(self) -> None:
+        while True:
+            self._gathering.wait()
+            # Let the batch gather: its first line is at most max_delay old when written.
+            if self._closing.wait(self.max_delay):
+                return  # close() wrote what there was
+            # Cleared before writing: a line that comes after the write finds the buffer
+            # empty and sets it again; one that comes before is in this write.
+            self._gathering.clear()
+            self.flush()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent writes the lines it had gathered; the child starts empty, and
+        # without a flusher (threads do not survive a fork): the next batch starts one.
+        self._lines = []
+        self._size = 0
+        self._gathering = threading.Event()
+        self._closing = threading.Event()
+        self._flusher = None
+
+
+def _reset_after_fork() -> None:
+    for handler in list(_HANDLERS):
+        handler._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
