@@ -35,7 +35,7 @@ from typing import Any
 
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
-from bench.registries import ROOT, process_tree
+from bench.registries import ROOT, process_tree, s3blobs_environ
 from bench.support import free_port, moto_server, new_bucket, wait_for_port
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.cache_backend import caches_from_config
@@ -70,21 +70,11 @@ def variant_app(variant: str) -> WSGIApp:
 
 
 @contextlib.contextmanager
-def gunicorn(
-    variant: str, endpoint: str, bucket: str, workdir: Path, env: dict[str, str] | None = None
-) -> Iterator[tuple[int, int]]:
+def gunicorn(variant: str, endpoint: str, bucket: str, workdir: Path) -> Iterator[tuple[int, int]]:
     """A gunicorn server of ``variant``; yields its port and its master's pid."""
     port = free_port()
-    environ = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "S3BLOBS_BUCKET": bucket,
-        "S3BLOBS_ENDPOINT_URL": endpoint,
-        "S3BLOBS_REGION": "us-east-1",
-        "S3BLOBS_ADDRESSING_STYLE": "path",
-        "S3BLOBS_LOG_LEVEL": "warning" if variant == "on, no access lines" else "info",
-        **(env or {}),
-    }
+    environ = s3blobs_environ(endpoint, bucket)
+    environ["S3BLOBS_LOG_LEVEL"] = "warning" if variant == "on, no access lines" else "info"
     if variant != "off":  # as `s3blobs serve` runs its workers
         metrics = workdir / f"metrics-{port}"
         metrics.mkdir()

@@ -91,6 +91,18 @@ def s3blobs_in_process(endpoint: str, equal_parts: bool) -> Iterator[Registry]:
         server.shutdown()
 
 
+def s3blobs_environ(endpoint: str, bucket: str) -> dict[str, str]:
+    """The environment of an s3blobs process of this checkout on ``bucket`` at ``endpoint``."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "S3BLOBS_BUCKET": bucket,
+        "S3BLOBS_ENDPOINT_URL": endpoint,
+        "S3BLOBS_REGION": "us-east-1",
+        "S3BLOBS_ADDRESSING_STYLE": "path",
+    }
+
+
 @contextlib.contextmanager
 def s3blobs_process(
     endpoint: str, workdir: Path, *, workers: int, env: dict[str, str], bucket: str = ""
@@ -100,15 +112,7 @@ def s3blobs_process(
     port = free_port()
     bucket = bucket or new_bucket(endpoint)
     server_counts(endpoint, reset=True)
-    environ = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "S3BLOBS_BUCKET": bucket,
-        "S3BLOBS_ENDPOINT_URL": endpoint,
-        "S3BLOBS_REGION": "us-east-1",
-        "S3BLOBS_ADDRESSING_STYLE": "path",
-        **env,
-    }
+    environ = {**s3blobs_environ(endpoint, bucket), **env}
     command = [sys.executable, "-m", "s3blobs", "serve", "--port", str(port)]
     log = (workdir / f"s3blobs-{port}.log").open("wb")
     proc = subprocess.Popen(

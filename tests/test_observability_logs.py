@@ -31,7 +31,7 @@ from s3blobs.registry.logformat import (
     install_logging,
     uninstall_logging,
 )
-from s3blobs.registry.requestlog import ACCESS_FORMAT, Exchange, access_arguments
+from s3blobs.registry.requestlog import Exchange, access_record
 from s3blobs.registry.settings import OperationsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,17 +191,7 @@ def _access_exchange() -> Exchange:
 @pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
 def test_the_direct_access_line_is_the_records_line(formatter: type[logging.Formatter]) -> None:
     exchange = _access_exchange()
-    access = logging.getLogger("s3blobs.access")
-    record = access.makeRecord(
-        access.name,
-        logging.INFO,
-        __file__,
-        0,
-        ACCESS_FORMAT,
-        access_arguments(exchange),
-        None,
-        extra={"request_id": exchange.id, "exchange": exchange},
-    )
+    record = access_record(exchange)
     direct = formatter().format_access(exchange, record.created)  # type: ignore[attr-defined]
     assert direct == formatter().format(record)
     assert "fast-1" in direct and "hunter2" not in direct and "t0ken" not in direct
@@ -253,15 +243,5 @@ def test_the_direct_text_line_is_scrubbed_as_the_records_line(
     environ[IDENTITY] = SimpleNamespace(name=user)
     exchange = Exchange(environ)
     exchange.status, exchange.duration = 200, 0.5
-    access = logging.getLogger("s3blobs.access")
-    record = access.makeRecord(
-        access.name,
-        logging.INFO,
-        __file__,
-        0,
-        ACCESS_FORMAT,
-        access_arguments(exchange),
-        None,
-        extra={"request_id": exchange.id, "exchange": exchange},
-    )
+    record = access_record(exchange)
     assert TextFormatter().format_access(exchange, record.created) == TextFormatter().format(record)

@@ -196,20 +196,7 @@ class RequestLog:
         if ACCESS_LOG.isEnabledFor(logging.INFO):
             write = getattr(_sole_handler(), "write_access_line", None)
             if write is None or not write(exchange):
-                # makeRecord + handle: what .info() does, without looking up the
-                # caller's frame (the access line has one caller, this one).
-                ACCESS_LOG.handle(
-                    ACCESS_LOG.makeRecord(
-                        ACCESS_LOG.name,
-                        logging.INFO,
-                        __file__,
-                        0,
-                        ACCESS_FORMAT,
-                        access_arguments(exchange),
-                        None,
-                        extra={"request_id": exchange.id, "exchange": exchange},
-                    )
-                )
+                ACCESS_LOG.handle(access_record(exchange))
         for observe in self.observers:
             try:
                 observe(exchange)
@@ -220,6 +207,21 @@ class RequestLog:
 
 #: The access line's message, with access_arguments(exchange).
 ACCESS_FORMAT = "%s %s %d in=%d out=%d %.1fms s3=%d user=%s"
+
+
+def access_record(exchange: Exchange) -> logging.LogRecord:
+    """The access line as a record: what .info() makes, without looking up the
+    caller's frame (the access line has one caller)."""
+    return ACCESS_LOG.makeRecord(
+        ACCESS_LOG.name,
+        logging.INFO,
+        __file__,
+        0,
+        ACCESS_FORMAT,
+        access_arguments(exchange),
+        None,
+        extra={"request_id": exchange.id, "exchange": exchange},
+    )
 
 
 def access_arguments(exchange: Exchange) -> tuple[Any, ...]:
