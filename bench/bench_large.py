@@ -13,7 +13,8 @@ by writing 5 to /proc/PID/clear_refs, which needs root, before the transfer star
 the pull's caches start cold, as on another replica. For s3blobs the gunicorn master
 and each worker are separate processes: the table gives the largest worker and the sum
 over master and workers. S3 is one counting moto server (its own process) for every
-registry; each registry has its own bucket, emptied once it is done.
+registry; each registry has its own bucket, emptied at the end. With ``--pulls N``
+the pulls come in N rounds over the registries, so that none is always first.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bench.registries import (
 from bench.support import MiB, moto_server, new_bucket, raw_client
 
 COMMAND = "python -m bench.bench_large"
+TAG = "large/image:v1"
 Start = Callable[[str], AbstractContextManager[Registry]]  # a registry on this bucket
 
 
@@ -91,20 +93,11 @@ def transfer(endpoint: str, start: Start, bucket: str, action: Callable[[str], f
         )
 
 
-def measure(endpoint: str, start: Start, layout: Path, workdir: Path, pulls: int) -> list[Transfer]:
-    """The push, then ``pulls`` pulls, each by a fresh registry process."""
-    bucket = new_bucket(endpoint)
+def pull_once(endpoint: str, start: Start, bucket: str, workdir: Path) -> Transfer:
     pulled = workdir / "pulled"
-    transfers = [
-        transfer(endpoint, start, bucket, lambda at: push(str(layout), at, "large/image:v1"))
-    ]
-    for _ in range(pulls):
-        transfers.append(
-            transfer(endpoint, start, bucket, lambda at: pull(at, "large/image:v1", str(pulled)))
-        )
-        shutil.rmtree(pulled)
-    empty_bucket(endpoint, bucket)
-    return transfers
+    pulled_by = transfer(endpoint, start, bucket, lambda at: pull(at, TAG, str(pulled)))
+    shutil.rmtree(pulled)
+    return pulled_by
 
 
 def median_pull(transfers: list[Transfer]) -> Transfer:
@@ -113,7 +106,7 @@ def median_pull(transfers: list[Transfer]) -> Transfer:
 
 
 def empty_bucket(endpoint: str, bucket: str) -> None:
-    """Free the moto server's memory and disk for the next registry."""
+    """Free the moto server's memory and disk."""
     client = raw_client(endpoint)
     for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
@@ -156,7 +149,12 @@ def report(
         "process on the same bucket. RSS at rest: VmRSS before the push; peak: VmHWM, reset "
         "before the transfer; for s3blobs the largest worker and (after the slash) master + "
         "workers together. MB/s: the image's bytes over skopeo's wall time."
-        + (f" Pull: the median of {pulls} pulls, each by a fresh process.\n" if pulls > 1 else "\n")
+        + (
+            f" Pull: the median of {pulls} pulls, each by a fresh process, in rounds over "
+            "the registries.\n"
+            if pulls > 1
+            else "\n"
+        )
     )
     print(
         "| registry | RSS at rest | push s | push MB/s | peak RSS in push "
@@ -210,8 +208,20 @@ def main() -> None:
         endpoint = stack.enter_context(moto_server(counting=True))
         layout = workdir / "image"
         image = random_image(layout, [size])
+        started = {}  # name: (start, its bucket)
         for name, start in registries(endpoint, workdir, args.equal_parts):
-            results[name] = measure(endpoint, start, layout, workdir, args.pulls)
+            bucket = new_bucket(endpoint)
+            pushed = transfer(endpoint, start, bucket, lambda at: push(str(layout), at, TAG))
+            results[name], started[name] = [pushed], (start, bucket)
+        # The pulls in rounds, each round every registry in turn, starting one further
+        # on each time: none is always first (or always right after the pushes).
+        names = list(started)
+        for round_number in range(args.pulls):
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                results[name].append(pull_once(endpoint, *started[name], workdir))
+        for _, bucket in started.values():
+            empty_bucket(endpoint, bucket)
     report(results, size, image, args.equal_parts, args.pulls)
 
 
