@@ -21,8 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..config import Config
 from ..s3 import error_code
-
-HEALTH_PATH = "/healthz"
+from .metrics import instrument_s3_client
+from .routes import HEALTH_PATH
 
 
 class HealthCheck:
@@ -43,9 +43,6 @@ class HealthCheck:
     @property
     def client(self) -> Any:
         """Made on first use: a registry that is never probed never builds it."""
-        # Imported here: metrics imports the request log, which imports this module.
-        from .metrics import instrument_s3_client
-
         with self._lock:
             if self._client is None:
                 self._client = _probe_client(self.config, self.timeout)

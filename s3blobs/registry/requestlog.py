@@ -22,8 +22,7 @@ from urllib.parse import parse_qsl, quote
 
 from .auth.wsgi import IDENTITY
 from .context import REQUEST_ID_HEADER, request_id
-from .health import HEALTH_PATH
-from .routes import match_route
+from .routes import HEALTH_PATH, match_route
 
 #: The environ key of the request's Exchange, for layers inside this one.
 EXCHANGE = "s3blobs.exchange"

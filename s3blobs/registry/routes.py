@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+#: The health check's path: answered before the API's routes, outside /v2/.
+HEALTH_PATH = "/healthz"
+
 #: What a request needs. ``pull``, ``push`` and ``delete`` are actions on the
 #: repository named in the path; ``login`` is any valid identity (``/v2/``, where
 #: clients learn how to authenticate); ``catalog`` is the listing of repositories.
