@@ -330,11 +330,7 @@ class S3BlobWriter:
             self._flush_parts(final=True)
             self._drain()
             self._seal(digest)
-        try:
-            self._complete()
-        except (BlobUploadUnknown, StorageError):
-            if not (verified and self._dropped_for_another(digest)):
-                raise
+        self._complete(digest, verified)
         if not verified and not self._read_back_matches(digest):
             self._uploads.delete_keys([state.data_key])
             self._uploads.remove(state, self._consumed)
@@ -347,18 +343,6 @@ class S3BlobWriter:
             self._uploads.delete_keys([state.data_key])
         self._finish(descriptor)
         return descriptor
-
-    def _dropped_for_another(self, digest: Digest) -> bool:
-        """Whether an earlier attempt of this commit completed the upload, found the
-        entry of ``digest`` naming another object (the same bytes, stored before) and
-        deleted its own data: the upload and its object are gone, the blob is there."""
-        if self._stored_etag(self._stored.state.data_key) is not None:
-            return False
-        try:
-            self._entries.stat(digest)
-        except BlobUnknown:
-            return False
-        return True
 
     def _in_parts_already(self) -> bool:
         """Whether every byte is in uploaded parts and none came with this request: the
@@ -396,7 +380,7 @@ class S3BlobWriter:
             raise
         return True
 
-    def _complete(self) -> None:
+    def _complete(self, digest: Digest, verified: bool) -> None:
         state = self._stored.state
         parts = [
             {
@@ -417,14 +401,27 @@ class S3BlobWriter:
         except (BlobUploadUnknown, StorageError) as exc:
             # Completed already (by this commit before a crash or a lost answer, or
             # by a concurrent duplicate): the object then carries these parts' ETag.
-            if self._stored_etag(state.data_key) == _multipart_etag(self._parts):
+            stored = self._stored_etag(state.data_key)
+            if stored == _multipart_etag(self._parts):
                 return
             if error_code(exc.__cause__ or exc) in INVALID_PART:
                 raise BlobUploadConflict(
                     f"upload {self.id[:100]}: a part was overwritten with other bytes by a "
                     "concurrent request; start the upload again"
                 ) from None
+            # Or completed by an earlier attempt that found the entry naming another
+            # object (the same bytes, stored before) and deleted its own data: the
+            # upload and its object are gone, the blob is there.
+            if stored is None and verified and self._entry_exists(digest):
+                return
             raise
+
+    def _entry_exists(self, digest: Digest) -> bool:
+        try:
+            self._entries.stat(digest)
+        except BlobUnknown:
+            return False
+        return True
 
     def _finish(self, descriptor: Descriptor) -> None:
         """Link the committed blob, then clean up. The blob is stored and linked once
