@@ -122,16 +122,18 @@ class GlobalBlobStore(BlobStore):
     def put(self, media_type: str, data: bytes, *, digest_algorithm: str = CANONICAL) -> Descriptor:
         """Store content of up to one part without linking it anywhere (manifests):
         one conditional PutObject; existing content is not rewritten."""
-        if len(data) > self._entries.config.part_size:
-            raise BlobTooLarge("the global store takes at most one part; use a writer")
+        self._check_one_part(data)
         return _put_small(self._entries, media_type, data, check_algorithm(digest_algorithm))
 
     def store(self, media_type: str, data: bytes, digest: Digest) -> None:
         """put, for a caller that needs no descriptor back (manifests): one conditional
         PutObject, whether or not the content was there already."""
+        self._check_one_part(data)
+        self._entries.create_small(digest, media_type or DEFAULT_MEDIA_TYPE, bytes(data))
+
+    def _check_one_part(self, data: bytes) -> None:
         if len(data) > self._entries.config.part_size:
             raise BlobTooLarge("the global store takes at most one part; use a writer")
-        self._entries.create_small(digest, media_type or DEFAULT_MEDIA_TYPE, bytes(data))
 
 
 class RepositoryBlobStore(BlobStore):
