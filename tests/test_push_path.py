@@ -7,9 +7,10 @@ import os
 from typing import Any
 
 import pytest
+from test_durability import fail_always
 from werkzeug.test import Client
 
-from conftest import BUCKET, PART, S3Calls, all_keys, body_size, s3_error
+from conftest import BUCKET, PART, S3Calls, all_keys, body_size
 from s3blobs import BlobUnknown, BlobUploadUnknown, Config, Descriptor, S3BlobStorage, StorageError
 from s3blobs.config import MiB
 from s3blobs.registry import RegistryApp
@@ -246,13 +247,10 @@ def test_saved_bytes_make_the_blob_when_its_entry_went_before_the_retry(
         writer.write(chunk)
         writer.close()
 
-    def broken(request: Any, **_: Any) -> Any:
-        return s3_error(500, "InternalError") if "/_layers/" in request.url else None
-
-    unequal.client.meta.events.register_first("before-send.s3.PutObject", broken)
+    stop = fail_always(unequal, "PutObject", "/_layers/")  # the link
     with pytest.raises(StorageError):
         repo.resume(writer.id).commit(desc(data))
-    unequal.client.meta.events.unregister("before-send.s3.PutObject", broken)
+    stop()
     assert repo.resume(writer.id).committing == ""  # no byte came with the PUT: no seal
     unequal.blobs.delete(desc(data).digest)
     assert repo.get(repo.resume(writer.id).commit(desc(data)).digest) == data
