@@ -11,9 +11,13 @@ turned off (S3BLOBS_LOG_LEVEL=warning), in the same run.
 Each variant is a gunicorn server of one worker with 4 threads, the app built by
 :func:`variant_app` from the same ``S3BLOBS_*`` settings and caches as
 ``create_app()``; S3 is a moto server in its own process, the load two client
-processes with one persistent connection each. Rounds rotate the variants; the median
-counts. The servers' CPU time per request (from /proc, clients excluded) is the steadier
-figure on a shared machine. Then the layers one by one in this process, no server.
+processes with one persistent connection each. Every round starts fresh servers, one
+per variant, and measures them one after another in an order that rotates: two
+processes of the same code differ by a few per cent (hash seeds, memory layout), more
+than what is measured, so each figure is a median over rounds, and the change is the
+median of each round's change against "off" measured beside it. The servers' CPU time
+per request (from /proc, clients excluded) is given too. Then the layers one by one in
+this process, no server.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ from s3blobs.registry.proxies import BehindProxies, trusted_proxies
 from s3blobs.registry.requestlog import RequestLog
 from s3blobs.registry.settings import OperationsSettings
 
-ROUNDS = 5
+ROUNDS = 8
 SECONDS = 2.0
+WARM_SECONDS = 0.5
 CLIENTS = 2  # processes, one persistent connection each
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 VARIANTS = ("off", "on, no access lines", "on")
@@ -122,12 +127,14 @@ def hammer(port: int, method: str, path: str, seconds: float, counts: Any) -> No
     counts.put(done)
 
 
-def rate(port: int, server: list[int], method: str, path: str) -> tuple[float, float]:
+def rate(
+    port: int, server: list[int], method: str, path: str, seconds: float = SECONDS
+) -> tuple[float, float]:
     """Requests/s, and the server's CPU time per request in microseconds."""
     counts: Any = multiprocessing.Queue()
     cpu = cpu_seconds(server)
     clients = [
-        multiprocessing.Process(target=hammer, args=(port, method, path, SECONDS, counts))
+        multiprocessing.Process(target=hammer, args=(port, method, path, seconds, counts))
         for _ in range(CLIENTS)
     ]
     for client in clients:
@@ -136,7 +143,7 @@ def rate(port: int, server: list[int], method: str, path: str) -> tuple[float, f
     cpu = cpu_seconds(server) - cpu
     for client in clients:
         client.join(timeout=10)
-    return total / SECONDS, cpu / total * 1e6
+    return total / seconds, cpu / total * 1e6
 
 
 def in_process(
@@ -201,57 +208,84 @@ def push(storage: S3BlobStorage) -> str:
     return config.digest
 
 
+REQUESTS = {
+    "blob HEAD (warm cache: no S3 request)": "HEAD",
+    "manifest GET by tag (warm cache: 1 S3 request)": "GET",
+}
+
+
+def measure_round(
+    endpoint: str, bucket: str, workdir: Path, paths: dict[str, str], shift: int
+) -> tuple[dict[tuple[str, str], tuple[float, float]], dict[str, Path]]:
+    """One round on fresh servers: {(request, variant): (req/s, CPU us per request)},
+    and each variant's log."""
+    figures = {}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            variant: stack.enter_context(gunicorn(variant, endpoint, bucket, workdir))
+            for variant in VARIANTS
+        }
+        order = VARIANTS[shift:] + VARIANTS[:shift]
+        for label, method in REQUESTS.items():
+            for variant in order:
+                port, pid = servers[variant]
+                rate(port, process_tree(pid), method, paths[label], seconds=WARM_SECONDS)
+            for variant in order:
+                port, pid = servers[variant]
+                figures[label, variant] = rate(port, process_tree(pid), method, paths[label])
+        logs = {name: workdir / f"{name}-{port}.log" for name, (port, _) in servers.items()}
+    return figures, logs
+
+
 def main() -> None:
     multiprocessing.set_start_method("fork")
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        moto_server() as endpoint,
-        contextlib.ExitStack() as stack,
-    ):
+    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
         workdir = Path(tmp)
         bucket = new_bucket(endpoint)
         bare_storage, observed_storage = storage_on(endpoint, bucket), storage_on(endpoint, bucket)
         digest = push(bare_storage)
-        servers = {}  # variant: (port, the server's processes)
-        for variant in VARIANTS:
-            port, pid = stack.enter_context(gunicorn(variant, endpoint, bucket, workdir))
-            servers[variant] = (port, process_tree(pid))
-        requests = {
-            "blob HEAD (warm cache: no S3 request)": ("HEAD", f"/v2/bench/obs/blobs/{digest}"),
-            "manifest GET by tag (warm cache: 1 S3 request)": ("GET", "/v2/bench/obs/manifests/v1"),
-        }
-        print(
-            f"{CLIENTS} client processes x 1 keep-alive connection, {SECONDS:.0f} s per round, "
-            f"{ROUNDS} rounds rotating the variants, median; gunicorn, 1 gthread worker\n"
+        paths = dict(
+            zip(
+                REQUESTS,
+                (f"/v2/bench/obs/blobs/{digest}", "/v2/bench/obs/manifests/v1"),
+                strict=True,
+            )
         )
+        print(
+            f"{ROUNDS} rounds, each on fresh servers (gunicorn, 1 gthread worker, 4 threads) "
+            f"measured in a rotating order; {CLIENTS} client processes x 1 keep-alive "
+            f"connection, {SECONDS:.0f} s a measurement; medians over the rounds\n"
+        )
+        rounds: list[dict[tuple[str, str], tuple[float, float]]] = []
+        access_lines = 0
+        for number in range(ROUNDS):
+            figures, logs = measure_round(endpoint, bucket, workdir, paths, number % len(VARIANTS))
+            rounds.append(figures)
+            access_lines += sum(
+                " s3blobs.access " in line for line in logs["on"].read_text().splitlines()
+            )
         print("| request | variant | req/s | change | server CPU per request (us) |")
         print("|---|---|---|---|---|")
-        rounds = []
-        for label, (method, path) in requests.items():
-            for port, pids in servers.values():  # warm: caches, connections
-                rate(port, pids, method, path)
-            rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-            cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
-            for round_number in range(ROUNDS):
-                shift = round_number % len(VARIANTS)
-                for name in VARIANTS[shift:] + VARIANTS[:shift]:
-                    per_second, cpu_us = rate(*servers[name], method, path)
-                    rates[name].append(round(per_second))
-                    cpu[name].append(round(cpu_us))
-            off = statistics.median(rates["off"])
-            for name in VARIANTS:
-                median = statistics.median(rates[name])
-                change = "" if name == "off" else f"{(median - off) / off * 100:+.1f}%"
+        every = []
+        for label in REQUESTS:
+            for variant in VARIANTS:
+                per_second = [figures[label, variant][0] for figures in rounds]
+                cpu = [figures[label, variant][1] for figures in rounds]
+                changes = [
+                    (figures[label, variant][0] / figures[label, "off"][0] - 1) * 100
+                    for figures in rounds
+                ]
+                change = "" if variant == "off" else f"{statistics.median(changes):+.1f}%"
                 print(
-                    f"| {label} | {name} | {median:.0f} | {change} "
-                    f"| {statistics.median(cpu[name]):.0f} |"
+                    f"| {label} | {variant} | {statistics.median(per_second):.0f} | {change} "
+                    f"| {statistics.median(cpu):.0f} |"
                 )
-                rounds.append(f"{label}, {name}: {rates[name]}")
-        print("\nEvery round (req/s):\n" + "\n".join(rounds))
-        stack.close()  # the servers: their logs are complete
-        [on_log] = workdir.glob(f"on-{servers['on'][0]}.log")
-        access_lines = sum(" s3blobs.access " in line for line in on_log.read_text().splitlines())
-        print(f"\naccess lines written by the 'on' server: {access_lines}")
+                every.append(
+                    f"{label}, {variant}: {[round(value) for value in per_second]}"
+                    + ("" if variant == "off" else f", change {[round(c, 1) for c in changes]}")
+                )
+        print("\nEvery round (req/s, and % against off in the same round):\n" + "\n".join(every))
+        print(f"\naccess lines written by the 'on' servers: {access_lines}")
 
         print(
             "\nIn process, no HTTP server (werkzeug's run_wsgi_app), CPU time per request (us):\n"
@@ -267,9 +301,9 @@ def main() -> None:
         }
         print("| request | " + " | ".join(layers) + " |")
         print("|---|" + "---|" * len(layers))
-        in_process_count = dict(zip(requests, (1000, 200), strict=True))
-        for label, (method, path) in requests.items():
-            costs = in_process(layers, method, path, in_process_count[label])
+        in_process_count = dict(zip(REQUESTS, (1000, 200), strict=True))
+        for label, method in REQUESTS.items():
+            costs = in_process(layers, method, paths[label], in_process_count[label])
             print(f"| {label} | " + " | ".join(f"{cost:.0f}" for cost in costs.values()) + " |")
         uninstall_logging(handler)  # writes its last lines while the file is open
         log_file.close()

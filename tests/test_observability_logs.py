@@ -1,17 +1,23 @@
 """What makes the access log cheap keeps it whole and clean: lines written in batches
-(never lost, problems never late, nothing lost at gunicorn's SIGTERM), and the access
-line written straight from the exchange equal to the record's line, scrubbed alike."""
+(never lost, problems never late, nothing lost at gunicorn's SIGTERM), the access line
+formatted from its entry when its batch is written, equal to the record's line and
+scrubbed alike, and a request finished only once the server has sent its answer."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import requests
@@ -31,10 +37,14 @@ from s3blobs.registry.logformat import (
     install_logging,
     uninstall_logging,
 )
-from s3blobs.registry.requestlog import Exchange, access_record
+from s3blobs.registry.requestlog import Exchange, RequestLog, access_record
 from s3blobs.registry.settings import OperationsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+TEXT_ACCESS_LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO s3blobs\.access \[\w+\] GET /v2/ 200 "
+    r"in=0 out=2 \d+\.\dms s3=0 user=-"
+)
 
 
 # Batched log lines --------------------------------------------------------------------
@@ -89,6 +99,21 @@ def test_a_full_batch_is_written_without_waiting_and_close_writes_the_rest() -> 
     assert len(written) == 80 and written[0] == "line 000 " + "x" * 40
     handler.close()
     assert len(stream.getvalue().splitlines()) == 90
+
+
+def test_an_item_that_cannot_be_rendered_costs_only_its_own_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, max_delay=60)
+    log = _logger(handler, "render")
+    log.info("before")
+    with handler.lock:  # type: ignore[union-attr]
+        handler.gather(object(), logging.INFO)  # a BatchingHandler renders nothing
+    log.info("after")
+    handler.close()
+    assert stream.getvalue() == "before\nafter\n"
+    assert "cannot render object" in capsys.readouterr().err  # logging's report
 
 
 def test_a_forked_child_writes_its_own_lines_only(tmp_path: Path) -> None:
@@ -190,9 +215,9 @@ def _access_exchange() -> Exchange:
 
 @pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
 def test_the_direct_access_line_is_the_records_line(formatter: type[logging.Formatter]) -> None:
-    exchange = _access_exchange()
-    record = access_record(exchange)
-    direct = formatter().format_access(exchange, record.created)  # type: ignore[attr-defined]
+    entry = _access_exchange().access_entry()
+    record = access_record(entry)
+    direct = formatter().format_access(entry)  # type: ignore[attr-defined]
     assert direct == formatter().format(record)
     assert "fast-1" in direct and "hunter2" not in direct and "t0ken" not in direct
 
@@ -206,6 +231,63 @@ def test_a_handler_given_another_formatter_gets_records(storage: S3BlobStorage) 
     finally:
         uninstall_logging(handler)
     assert f"INFO|{os.getpid()}|GET /v2/ 200 in=0 out=2 " in stream.getvalue()
+
+
+@contextlib.contextmanager
+def alone_on_the_access_log(handler: logging.Handler) -> Iterator[None]:
+    """``handler`` as the access log's only one (pytest's log capture, on the root
+    logger, would otherwise get every record: then no line is written from its entry)."""
+    root, access = logging.getLogger(), logging.getLogger("s3blobs.access")
+    root.removeHandler(handler)
+    access.addHandler(handler)
+    access.propagate = False
+    try:
+        yield
+    finally:
+        access.propagate = True
+        access.removeHandler(handler)
+        handler.close()
+
+
+def test_access_lines_are_formatted_by_the_formatter_the_handler_has_when_it_writes(
+    storage: S3BlobStorage,
+) -> None:
+    stream = io.StringIO()
+    handler = install_logging(OperationsSettings(), stream)
+    client = BufferedClient(make_app(storage))
+    with alone_on_the_access_log(handler):
+        client.get("/v2/", headers={"X-Request-Id": "a"})
+        with handler.lock:  # type: ignore[union-attr]
+            assert len(handler._lines) == 1 and type(handler._lines[0]) is not str
+        handler.flush()
+        client.get("/v2/", headers={"X-Request-Id": "b"})
+        handler.setFormatter(JsonFormatter())  # after b gathered, before it is written
+        handler.flush()
+        client.get("/v2/", headers={"X-Request-Id": "c"})
+        handler.setFormatter(logging.Formatter("%(request_id)s|%(message)s"))
+        client.get("/v2/", headers={"X-Request-Id": "d"})  # gathered as a formatted record
+    a, b, c, d = stream.getvalue().splitlines()
+    assert TEXT_ACCESS_LINE.fullmatch(a) and "[a] GET /v2/ 200 in=0 out=2 " in a
+    assert json.loads(b)["request_id"] == "b" and json.loads(b)["path"] == "/v2/"
+    assert c.startswith("c|GET /v2/ 200 in=0 out=2 ")  # by the record, as format() would
+    assert d.startswith("d|GET /v2/ 200 in=0 out=2 ")
+
+
+def test_a_request_is_finished_once_the_server_has_sent_its_answer() -> None:
+    """A HEAD's headers go out after the last iteration of its (empty) body: the access
+    line and the observers wait for close(), which every WSGI server calls."""
+    finished: list[Exchange] = []
+
+    def head(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "5")])
+        return []
+
+    environ = EnvironBuilder(path="/v2/", method="HEAD").get_environ()
+    body = RequestLog(head, [finished.append])(environ, lambda *args: None)
+    assert list(body) == [] and finished == []
+    body.close()  # type: ignore[attr-defined]
+    body.close()  # type: ignore[attr-defined]
+    assert [exchange.status for exchange in finished] == [200]
 
 
 _PIECES = st.sampled_from(
@@ -243,5 +325,5 @@ def test_the_direct_text_line_is_scrubbed_as_the_records_line(
     environ[IDENTITY] = SimpleNamespace(name=user)
     exchange = Exchange(environ)
     exchange.status, exchange.duration = 200, 0.5
-    record = access_record(exchange)
-    assert TextFormatter().format_access(exchange, record.created) == TextFormatter().format(record)
+    entry = exchange.access_entry()
+    assert TextFormatter().format_access(entry) == TextFormatter().format(access_record(entry))

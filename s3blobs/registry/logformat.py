@@ -22,9 +22,10 @@ from .logbatch import BatchingHandler
 from .requestlog import (
     ACCESS_FORMAT,
     ACCESS_LOG,
-    Exchange,
-    access_arguments,
+    AccessEntry,
+    access_record,
     current_exchange,
+    msecs,
 )
 from .settings import OperationsSettings
 
@@ -83,7 +84,7 @@ def _suspect(text: str) -> bool:
 _suspect_field = functools.lru_cache(maxsize=4096)(_suspect)
 
 
-def _access_line_suspect(exchange: Exchange, path: str) -> bool:
+def _access_line_suspect(entry: AccessEntry, path: str) -> bool:
     """Whether the access line may hold a secret, judged from the fields a client
     chooses; the rest of the line (time, level, logger, numbers, and the words between
     the fields) holds no suspect word, and no suspect word can straddle a field's
@@ -92,10 +93,10 @@ def _access_line_suspect(exchange: Exchange, path: str) -> bool:
     none. A request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no
     pattern can match it."""
     return (
-        _suspect_field(exchange.method)
+        _suspect_field(entry.method)
         or _suspect_field(path)
-        or _suspect_field(exchange.user)
-        or (":" in exchange.id and _suspect(exchange.id))
+        or _suspect_field(entry.user)
+        or (":" in entry.request_id and _suspect(entry.request_id))
     )
 
 
@@ -130,13 +131,13 @@ class TextFormatter(logging.Formatter):
             line += "\n" + self.formatStack(record.stack_info)
         return scrub(line)
 
-    def format_access(self, exchange: Exchange, created: float) -> str:
+    def format_access(self, entry: AccessEntry) -> str:
         """What format() makes of the access line's record, without the record."""
-        arguments = access_arguments(exchange)
-        line = self._prefix(created, _msecs(created), "INFO", ACCESS_LOG.name)
-        line += f"[{exchange.id}] {ACCESS_FORMAT % arguments}"
+        arguments = entry.arguments()
+        line = self._prefix(entry.created, msecs(entry.created), "INFO", ACCESS_LOG.name)
+        line += f"[{entry.request_id}] {ACCESS_FORMAT % arguments}"
         # arguments[1] is the logged path: scrubbing is checked for by field, cached.
-        return scrub(line) if _access_line_suspect(exchange, arguments[1]) else line
+        return scrub(line) if _access_line_suspect(entry, arguments[1]) else line
 
     def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
         # One line per request: the timestamp is built once a second, not per line.
@@ -157,19 +158,19 @@ class JsonFormatter(logging.Formatter):
         line = self._fields(record.created, record.msecs, record.levelname, record.name)
         line["request_id"] = getattr(record, "request_id", "-")
         line["message"] = scrub(record.getMessage())
-        exchange = getattr(record, "exchange", None)
-        if isinstance(exchange, Exchange):  # an access line
-            line.update(_scrubbed_fields(exchange))
+        entry = getattr(record, "access", None)
+        if isinstance(entry, AccessEntry):  # an access line
+            line.update(_scrubbed_fields(entry))
         if record.exc_info:
             line["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(line)
 
-    def format_access(self, exchange: Exchange, created: float) -> str:
+    def format_access(self, entry: AccessEntry) -> str:
         """What format() makes of the access line's record, without the record."""
-        line = self._fields(created, _msecs(created), "INFO", ACCESS_LOG.name)
-        line["request_id"] = exchange.id
-        line["message"] = scrub(ACCESS_FORMAT % access_arguments(exchange))
-        line.update(_scrubbed_fields(exchange))
+        line = self._fields(entry.created, msecs(entry.created), "INFO", ACCESS_LOG.name)
+        line["request_id"] = entry.request_id
+        line["message"] = scrub(ACCESS_FORMAT % entry.arguments())
+        line.update(_scrubbed_fields(entry))
         return json.dumps(line)
 
     @staticmethod
@@ -178,38 +179,48 @@ class JsonFormatter(logging.Formatter):
         return {"time": f"{stamp}.{int(msecs):03d}Z", "level": levelname, "logger": name}
 
 
-def _scrubbed_fields(exchange: Exchange) -> dict[str, Any]:
+def _scrubbed_fields(entry: AccessEntry) -> dict[str, Any]:
     """The access line's fields; the path and user scrubbed as the message is."""
-    fields = exchange.log_fields()
+    fields = entry.fields()
     fields["path"], fields["user"] = scrub(fields["path"]), scrub(fields["user"])
     return fields
 
 
-def _msecs(created: float) -> float:
-    return int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+def _ours(formatter: logging.Formatter | None) -> TextFormatter | JsonFormatter | None:
+    """The formatter, if it is exactly one of ours (a subclass may format otherwise: it
+    gets the record)."""
+    if type(formatter) is TextFormatter or type(formatter) is JsonFormatter:
+        return formatter
+    return None
 
 
 class _Handler(BatchingHandler):
     """Ours, so a second install replaces it instead of doubling every line."""
 
-    def write_access_line(self, exchange: Exchange) -> bool:
-        """Gather the access line as format() would write its record, unless this
-        handler was given another formatter, filter or level: False, then."""
-        formatter = self.formatter
-        # Exactly ours (a subclass may format otherwise).
-        if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
-            return False
+    def write_access_line(self, entry: AccessEntry) -> bool:
+        """Add the access line to the batch, to be formatted when the batch is written
+        (as format() would write its record), unless this handler was given another
+        formatter, filter or level: False, then."""
         if (
-            self.level > logging.INFO
-            # install_logging's RequestIdFilter only: the exchange has the id it adds
+            _ours(self.formatter) is None
+            or self.level > logging.INFO
+            # install_logging's RequestIdFilter only: the entry has the id it adds
             or len(self.filters) != 1
             or type(self.filters[0]) is not RequestIdFilter
         ):
             return False
-        line = formatter.format_access(exchange, time.time())
         with self.lock:  # type: ignore[union-attr]
-            self.gather(line + self.terminator, logging.INFO)
+            self.gather(entry, logging.INFO)
         return True
+
+    def render(self, item: object) -> str:
+        """An access line gathered by write_access_line, formatted."""
+        assert isinstance(item, AccessEntry)
+        formatter = _ours(self.formatter)
+        if formatter is not None:
+            return formatter.format_access(item) + self.terminator
+        # The formatter was replaced since: it gets the record.
+        return self.format(access_record(item)) + self.terminator
 
 
 def install_logging(settings: OperationsSettings, stream: TextIO | None = None) -> logging.Handler:

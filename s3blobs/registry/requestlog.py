@@ -3,8 +3,10 @@
 :class:`RequestLog` gives each request its id (``context.request_id``), makes it
 the *current* request for the thread serving it (a contextvar: every log line
 written meanwhile carries the id, and every S3 request made for it is counted),
-counts the bytes in and out, and when the answer has been sent writes the access
-line and hands the finished :class:`Exchange` to its observers (metrics, events).
+counts the bytes in and out, and once the server has sent the answer (it closes the
+body, as every WSGI server must) writes the access line and hands the finished
+:class:`Exchange` to its observers (metrics, events). That bookkeeping is done after
+the answer went out, so no client waits for it.
 Nothing here reads a header value into the log: the path is logged with only
 the query parameters the registry API defines, so no token or signature a
 client puts in a URL is ever written.
@@ -17,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote
 
 from .auth.wsgi import IDENTITY
@@ -107,7 +109,54 @@ class Exchange:
                 return value
         return None
 
-    def log_fields(self) -> dict[str, Any]:
+    def access_entry(self) -> AccessEntry:
+        """The access line's values, now (the request has finished)."""
+        return AccessEntry(
+            time.time(),
+            self.id,
+            self.method,
+            self.path,
+            self.query,
+            self.status,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration,
+            self.s3_requests,
+            self.user,
+        )
+
+
+class AccessEntry(NamedTuple):
+    """What a finished request's access line says: plain values, taken when it finished,
+    so that the line can be formatted later (install_logging's handler formats a batch
+    of them when it writes it, off the request's path)."""
+
+    created: float  # time.time() when the request finished
+    request_id: str
+    method: str
+    path: str  # PATH_INFO, as the server decoded it
+    query: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration: float  # seconds
+    s3_requests: int
+    user: str
+
+    def arguments(self) -> tuple[Any, ...]:
+        """ACCESS_FORMAT's arguments."""
+        return (
+            self.method,
+            self.logged_path(),
+            self.status,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration * 1000,
+            self.s3_requests,
+            self.user,
+        )
+
+    def fields(self) -> dict[str, Any]:
         """The access line's fields, for a structured log."""
         return {
             "method": self.method,
@@ -164,38 +213,27 @@ class RequestLog:
         ):
             environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], exchange)
 
-        def observed_start(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            exchange.status = int(status[:3])
-            exchange.headers = headers
-            # The layers inside spell the header as REQUEST_ID_HEADER does.
-            for key, _ in headers:
-                if key == REQUEST_ID_HEADER:
-                    break
-            else:
-                headers.append((REQUEST_ID_HEADER, exchange.id))
-            return start_response(status, headers, exc_info)
-
+        answer = _Answer(exchange, start_response, self.finish)
         token = _current.set(exchange)
         try:
-            body = self.app(environ, observed_start)
+            answer.body = self.app(environ, answer.start_response)
         except BaseException:
             exchange.status = exchange.status or 500
             self.finish(exchange)
             raise
         finally:
-            _reset(token)
-        return _ObservedBody(body, exchange, self.finish)
+            _current.reset(token)  # set in this frame: the same context
+        return answer
 
     def finish(self, exchange: Exchange) -> None:
         """The answer is sent (or abandoned): log it, then tell the observers. Called
         with the exchange current, so what they log carries its id."""
         exchange.duration = time.perf_counter() - exchange.started
         if ACCESS_LOG.isEnabledFor(logging.INFO):
+            entry = exchange.access_entry()
             write = getattr(_sole_handler(), "write_access_line", None)
-            if write is None or not write(exchange):
-                ACCESS_LOG.handle(access_record(exchange))
+            if write is None or not write(entry):
+                ACCESS_LOG.handle(access_record(entry))
         for observe in self.observers:
             try:
                 observe(exchange)
@@ -204,42 +242,36 @@ class RequestLog:
                 log.exception("observer %r failed", observe)
 
 
-#: The access line's message, with access_arguments(exchange).
+#: The access line's message, with AccessEntry.arguments().
 ACCESS_FORMAT = "%s %s %d in=%d out=%d %.1fms s3=%d user=%s"
 
 
-def access_record(exchange: Exchange) -> logging.LogRecord:
-    """The access line as a record: what .info() makes, without looking up the
-    caller's frame (the access line has one caller)."""
-    return ACCESS_LOG.makeRecord(
+def access_record(entry: AccessEntry) -> logging.LogRecord:
+    """The access line as a record: what .info() makes (at the time the request
+    finished), without looking up the caller's frame (the access line has one caller)."""
+    record = ACCESS_LOG.makeRecord(
         ACCESS_LOG.name,
         logging.INFO,
         __file__,
         0,
         ACCESS_FORMAT,
-        access_arguments(exchange),
+        entry.arguments(),
         None,
-        extra={"request_id": exchange.id, "exchange": exchange},
+        extra={"request_id": entry.request_id, "access": entry},
     )
+    record.created, record.msecs = entry.created, msecs(entry.created)
+    return record
 
 
-def access_arguments(exchange: Exchange) -> tuple[Any, ...]:
-    return (
-        exchange.method,
-        exchange.logged_path(),
-        exchange.status,
-        exchange.bytes_in,
-        exchange.bytes_out,
-        exchange.duration * 1000,
-        exchange.s3_requests,
-        exchange.user,
-    )
+def msecs(created: float) -> float:
+    """The milliseconds of a time, as a LogRecord computes them."""
+    return int((created - int(created)) * 1000) + 0.0
 
 
 def _sole_handler() -> logging.Handler | None:
     """The handler an access record would reach, when it would reach that one only,
     unfiltered by its logger. Such a handler may write the line straight from the
-    exchange (``write_access_line``, install_logging's handler does): a LogRecord
+    entry (``write_access_line``, install_logging's handler does): a LogRecord
     and logging's dispatch through three loggers were most of what a line cost. When
     anyone else listens (a handler added anywhere on the way), the record is made."""
     logger: logging.Logger | None = ACCESS_LOG
@@ -256,51 +288,71 @@ def _sole_handler() -> logging.Handler | None:
 
 
 def _reset(token: Token[Exchange | None]) -> None:
-    # try/except, not contextlib.suppress: this runs three times a request, and
-    # suppress costs a context manager each time.
+    # try/except, not contextlib.suppress: this runs twice a request, and suppress
+    # costs a context manager each time.
     try:  # noqa: SIM105
         _current.reset(token)
     except ValueError:  # a body closed from another context (by garbage collection)
         pass
 
 
-class _ObservedBody:
-    """The app's response body, counted as it is sent; finishes the exchange once."""
+class _Answer:
+    """The app's answer on its way to the server: its start_response notes the status
+    and adds the request id, its body is counted as it is sent (with the exchange
+    current), and close() finishes the exchange, once. One object a request, where a
+    closure and a body wrapper were two."""
 
-    __slots__ = ("_body", "_exchange", "_finish", "_finished")
+    __slots__ = ("_exchange", "_finish", "_finished", "_start_response", "body")
 
     def __init__(
-        self, body: Iterable[bytes], exchange: Exchange, finish: Callable[[Exchange], None]
+        self,
+        exchange: Exchange,
+        start_response: Callable[..., Any],
+        finish: Callable[[Exchange], None],
     ) -> None:
-        self._body = body
         self._exchange = exchange
+        self._start_response = start_response
         self._finish = finish
         self._finished = False
+        self.body: Iterable[bytes] = ()
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        exchange = self._exchange
+        exchange.status = int(status[:3])
+        exchange.headers = headers
+        # The layers inside spell the header as REQUEST_ID_HEADER does.
+        for key, _ in headers:
+            if key == REQUEST_ID_HEADER:
+                break
+        else:
+            headers.append((REQUEST_ID_HEADER, exchange.id))
+        return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
-        token = _current.set(self._exchange)
+        exchange = self._exchange
+        token = _current.set(exchange)
         try:
-            for chunk in self._body:
-                self._exchange.bytes_out += len(chunk)
+            for chunk in self.body:
+                exchange.bytes_out += len(chunk)
                 yield chunk
-            self._done()
         finally:
             _reset(token)
 
     def close(self) -> None:
+        """The server is done with the answer: whatever it had to send is sent (for a
+        HEAD, the headers go out only after the last iteration), so finish now."""
         token = _current.set(self._exchange)
         try:
-            close = getattr(self._body, "close", None)
+            close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            self._done()
+            if not self._finished:
+                self._finished = True
+                self._finish(self._exchange)
             _reset(token)
-
-    def _done(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._finish(self._exchange)
 
 
 class _CountingInput:
