@@ -53,7 +53,7 @@ from s3blobs.registry.proxies import BehindProxies, trusted_proxies
 from s3blobs.registry.requestlog import RequestLog
 from s3blobs.registry.settings import OperationsSettings
 
-ROUNDS = 8
+ROUNDS = 12
 SECONDS = 2.0
 WARM_SECONDS = 0.5
 CLIENTS = 2  # processes, one persistent connection each
