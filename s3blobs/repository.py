@@ -129,7 +129,7 @@ class GlobalBlobStore(BlobStore):
         """put, for a caller that needs no descriptor back (manifests): one conditional
         PutObject, whether or not the content was there already."""
         self._check_one_part(data)
-        self._entries.create_small(digest, media_type or DEFAULT_MEDIA_TYPE, bytes(data))
+        self._entries.create_small(digest, media_type, data)
 
     def _check_one_part(self, data: bytes) -> None:
         if len(data) > self._entries.config.part_size:
@@ -313,4 +313,4 @@ def _no_link(descriptor: Descriptor) -> None:
 
 def _put_small(entries: BlobEntries, media_type: str, data: bytes, algorithm: str) -> Descriptor:
     digest = parse_digest(f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}")
-    return entries.put_small(digest, media_type or DEFAULT_MEDIA_TYPE, bytes(data))
+    return entries.put_small(digest, media_type, bytes(data))

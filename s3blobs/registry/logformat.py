@@ -115,8 +115,8 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        # (second, its text): one attribute, so two threads formatting at once (the
-        # access line is formatted outside the handler's lock) never mix them up.
+        # (second, its text): one attribute, so two threads formatting at once (one
+        # formatter may serve several handlers, each with its own lock) never mix them up.
         self._stamp = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
