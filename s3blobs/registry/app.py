@@ -84,7 +84,10 @@ class RegistryApp:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        request = Request(environ)
+        # Not kept in the environ as werkzeug would ("werkzeug.request"): that makes a
+        # reference cycle (environ, request, environ) of every request, left for the
+        # cyclic garbage collector (a full collection of a worker's heap is milliseconds).
+        request = Request(environ, populate_request=False)
         rid = request_id(environ)
         try:
             response = self.dispatch(request)

@@ -20,7 +20,6 @@ from typing import Any, TextIO
 
 from .logbatch import BatchingHandler
 from .requestlog import (
-    ACCESS_FORMAT,
     ACCESS_LOG,
     AccessEntry,
     access_record,
@@ -79,24 +78,26 @@ def _suspect(text: str) -> bool:
     return False
 
 
-# The same, remembered for the access line's fields a client chooses that repeat (the
-# method, the logged path, the user).
-_suspect_field = functools.lru_cache(maxsize=4096)(_suspect)
+@functools.lru_cache(maxsize=4096)
+def _suspect_fields(*fields: str) -> bool:
+    """Whether any of the fields holds a suspect word; remembered, for the access line's
+    fields a client chooses, which repeat (the method, path, query and user). Joined by
+    a space, which is in no suspect word, so no word is made across two fields."""
+    return _suspect(" ".join(fields))
 
 
-def _access_line_suspect(entry: AccessEntry, path: str) -> bool:
+def _access_line_suspect(entry: AccessEntry) -> bool:
     """Whether the access line may hold a secret, judged from the fields a client
-    chooses; the rest of the line (time, level, logger, numbers, and the words between
-    the fields) holds no suspect word, and no suspect word can straddle a field's
-    edge: each field is followed by a space, a ']', or the line's end, none of which
-    is in a word, and the words before a field end in ' ', '[' or 'user=', which start
-    none. A request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no
-    pattern can match it."""
-    return (
-        _suspect_field(entry.method)
-        or _suspect_field(path)
-        or _suspect_field(entry.user)
-        or (":" in entry.request_id and _suspect(entry.request_id))
+    chooses, as sent: the logged path is the path percent-encoded (which turns no
+    character into a letter, '=', '-' or '@', and adds no word), and the query's
+    keys, each value as sent or REDACTED. The rest of the line (time, level, logger,
+    numbers, and the words between the fields) holds no suspect word, and no suspect
+    word can straddle a field's edge: each field is followed by a space, a ']', or
+    the line's end, none of which is in a word, and the words before a field end in
+    ' ', '[' or 'user=', which start none. A request id is [A-Za-z0-9._:-]
+    (context._VALID): without a ':' no pattern can match it."""
+    return _suspect_fields(entry.method, entry.path, entry.query, entry.user) or (
+        ":" in entry.request_id and _suspect(entry.request_id)
     )
 
 
@@ -108,6 +109,10 @@ class RequestIdFilter(logging.Filter):
             exchange = current_exchange()
             record.request_id = exchange.id if exchange is not None else "-"
         return True
+
+
+# "000" to "999", looked up: formatting with a width costs ten times more.
+_MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))
 
 
 class TextFormatter(logging.Formatter):
@@ -133,11 +138,11 @@ class TextFormatter(logging.Formatter):
 
     def format_access(self, entry: AccessEntry) -> str:
         """What format() makes of the access line's record, without the record."""
-        arguments = entry.arguments()
-        line = self._prefix(entry.created, msecs(entry.created), "INFO", ACCESS_LOG.name)
-        line += f"[{entry.request_id}] {ACCESS_FORMAT % arguments}"
-        # arguments[1] is the logged path: scrubbing is checked for by field, cached.
-        return scrub(line) if _access_line_suspect(entry, arguments[1]) else line
+        created = entry.created
+        prefix = self._prefix(created, (created - int(created)) * 1000, "INFO", ACCESS_LOG.name)
+        line = f"{prefix}[{entry.request_id}] {entry.message()}"
+        # Scrubbing is checked for by field, remembered: most lines need none.
+        return scrub(line) if _access_line_suspect(entry) else line
 
     def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
         # One line per request: the timestamp is built once a second, not per line.
@@ -146,7 +151,7 @@ class TextFormatter(logging.Formatter):
             second = int(created)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._stamp = (second, stamp)
-        return f"{stamp}.{int(msecs):03d}Z {levelname} {name} "
+        return f"{stamp}.{_MILLISECONDS[int(msecs) % 1000]}Z {levelname} {name} "
 
 
 class JsonFormatter(logging.Formatter):
@@ -169,7 +174,7 @@ class JsonFormatter(logging.Formatter):
         """What format() makes of the access line's record, without the record."""
         line = self._fields(entry.created, msecs(entry.created), "INFO", ACCESS_LOG.name)
         line["request_id"] = entry.request_id
-        line["message"] = scrub(ACCESS_FORMAT % entry.arguments())
+        line["message"] = scrub(entry.message())
         line.update(_scrubbed_fields(entry))
         return json.dumps(line)
 

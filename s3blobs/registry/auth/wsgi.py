@@ -131,7 +131,8 @@ class Authorization:
     def drop_unauthorized_mount(self, environ: dict[str, Any], identity: Identity) -> None:
         """``POST ?mount=&from=`` mounts only from a repository the caller may pull;
         otherwise the POST goes on without the mount: an ordinary upload."""
-        args = Request(environ).args  # parsed as the handler will parse it
+        # Parsed as the handler will parse it; not kept in the environ (RegistryApp says why).
+        args = Request(environ, populate_request=False).args
         sources = args.getlist("from")
         if not sources:
             return
