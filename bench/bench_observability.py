@@ -16,7 +16,11 @@ per variant, and measures them one after another in an order that rotates: two
 processes of the same code differ by a few per cent (hash seeds, memory layout), more
 than what is measured, so each figure is a median over rounds, and the change is the
 median of each round's change against "off" measured beside it; a second "off"
-server ("off again") shows how far that figure moves by chance. The servers' CPU time
+server ("off again") shows how far that figure moves by chance. Within a round each
+server is measured in SLICES short turns, taken in turn with the others, so that the
+machine's own ups and downs (a second's rate varies by several per cent here) fall on
+every variant alike; the middle half of the rounds' changes is printed beside the
+median. The servers' CPU time
 per request (from /proc, clients excluded) is given too. Then the layers one by one in
 this process, no server.
 """
@@ -55,7 +59,8 @@ from s3blobs.registry.requestlog import RequestLog
 from s3blobs.registry.settings import OperationsSettings
 
 ROUNDS = 16
-SECONDS = 2.0
+SLICES = 3  # turns at each server a round, interleaved with the other servers'
+SECONDS = 0.75  # a turn
 WARM_SECONDS = 0.5
 CLIENTS = 2  # processes, one persistent connection each
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -232,9 +237,14 @@ def measure_round(
             for variant in order:
                 port, pid = servers[variant]
                 rate(port, process_tree(pid), method, paths[label], seconds=WARM_SECONDS)
-            for variant in order:
-                port, pid = servers[variant]
-                figures[label, variant] = rate(port, process_tree(pid), method, paths[label])
+            turns: dict[str, list[tuple[float, float]]] = {variant: [] for variant in VARIANTS}
+            for _ in range(SLICES):
+                for variant in order:
+                    port, pid = servers[variant]
+                    turns[variant].append(rate(port, process_tree(pid), method, paths[label]))
+            for variant, measured in turns.items():
+                rates, cpu = zip(*measured, strict=True)
+                figures[label, variant] = (statistics.mean(rates), statistics.mean(cpu))
         logs = {name: workdir / f"{name}-{port}.log" for name, (port, _) in servers.items()}
     return figures, logs
 
@@ -255,8 +265,8 @@ def main() -> None:
         )
         print(
             f"{ROUNDS} rounds, each on fresh servers (gunicorn, 1 gthread worker, 4 threads) "
-            f"measured in a rotating order; {CLIENTS} client processes x 1 keep-alive "
-            f"connection, {SECONDS:.0f} s a measurement; medians over the rounds\n"
+            f"measured in {SLICES} turns of {SECONDS} s each, in a rotating order; "
+            f"{CLIENTS} client processes x 1 keep-alive connection; medians over the rounds\n"
         )
         rounds: list[dict[tuple[str, str], tuple[float, float]]] = []
         access_lines = 0
@@ -266,8 +276,11 @@ def main() -> None:
             access_lines += sum(
                 " s3blobs.access " in line for line in logs["on"].read_text().splitlines()
             )
-        print("| request | variant | req/s | change | server CPU per request (us) |")
-        print("|---|---|---|---|---|")
+        print(
+            "| request | variant | req/s | change | middle half of rounds "
+            "| server CPU per request (us) |"
+        )
+        print("|---|---|---|---|---|---|")
         every = []
         for label in REQUESTS:
             for variant in VARIANTS:
@@ -277,10 +290,13 @@ def main() -> None:
                     (figures[label, variant][0] / figures[label, "off"][0] - 1) * 100
                     for figures in rounds
                 ]
-                change = "" if variant == "off" else f"{statistics.median(changes):+.1f}%"
+                change = spread = ""
+                if variant != "off":
+                    low, middle, high = statistics.quantiles(changes, n=4)
+                    change, spread = f"{middle:+.1f}%", f"{low:+.1f}% to {high:+.1f}%"
                 print(
                     f"| {label} | {variant} | {statistics.median(per_second):.0f} | {change} "
-                    f"| {statistics.median(cpu):.0f} |"
+                    f"| {spread} | {statistics.median(cpu):.0f} |"
                 )
                 every.append(
                     f"{label}, {variant}: {[round(value) for value in per_second]}"
