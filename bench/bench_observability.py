@@ -15,12 +15,12 @@ processes with one persistent connection each. Every round starts fresh servers,
 per variant, and measures them one after another in an order that rotates: two
 processes of the same code differ by a few per cent (hash seeds, memory layout), more
 than what is measured, so each figure is a median over rounds, and the change is the
-median of each round's change against "off" measured beside it; a second "off"
-server ("off again") shows how far that figure moves by chance. Within a round each
-server is measured in SLICES short turns, taken in turn with the others, so that the
-machine's own ups and downs (a second's rate varies by several per cent here) fall on
-every variant alike; the middle half of the rounds' changes is printed beside the
-median. The servers' CPU time
+median of each round's change against the two "off" servers ("off" and "off again",
+their mean) measured beside it; "off again" against "off" shows how far two servers of
+the same code differ by chance. Within a round each server is measured in SLICES
+short turns, taken in turn with the others, so that the machine's own ups and downs
+(a second's rate varies by several per cent here) fall on every variant alike; the
+middle half of the rounds' changes is printed beside the median. The servers' CPU time
 per request (from /proc, clients excluded) is given too. Then the layers one by one in
 this process, no server.
 """
@@ -249,6 +249,17 @@ def measure_round(
     return figures, logs
 
 
+def change_in_round(
+    figures: dict[tuple[str, str], tuple[float, float]], label: str, variant: str
+) -> float:
+    """The variant's req/s in one round, in % against "off": for "off again" against the
+    other "off" server (the chance difference between two), for the others against the
+    mean of both (a baseline measured twice)."""
+    off, again = figures[label, "off"][0], figures[label, "off again"][0]
+    baseline = off if variant == "off again" else (off + again) / 2
+    return (figures[label, variant][0] / baseline - 1) * 100
+
+
 def main() -> None:
     multiprocessing.set_start_method("fork")
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
@@ -286,10 +297,7 @@ def main() -> None:
             for variant in VARIANTS:
                 per_second = [figures[label, variant][0] for figures in rounds]
                 cpu = [figures[label, variant][1] for figures in rounds]
-                changes = [
-                    (figures[label, variant][0] / figures[label, "off"][0] - 1) * 100
-                    for figures in rounds
-                ]
+                changes = [change_in_round(figures, label, variant) for figures in rounds]
                 change = spread = ""
                 if variant != "off":
                     low, middle, high = statistics.quantiles(changes, n=4)
@@ -302,7 +310,7 @@ def main() -> None:
                     f"{label}, {variant}: {[round(value) for value in per_second]}"
                     + ("" if variant == "off" else f", change {[round(c, 1) for c in changes]}")
                 )
-        print("\nEvery round (req/s, and % against off in the same round):\n" + "\n".join(every))
+        print("\nEvery round (req/s, and the change in the same round):\n" + "\n".join(every))
         print(f"\naccess lines written by the 'on' servers: {access_lines}")
 
         print(
