@@ -139,19 +139,25 @@ class TextFormatter(logging.Formatter):
     def format_access(self, entry: AccessEntry) -> str:
         """What format() makes of the access line's record, without the record."""
         created = entry.created
-        prefix = self._prefix(created, (created - int(created)) * 1000, "INFO", ACCESS_LOG.name)
-        line = f"{prefix}[{entry.request_id}] {entry.message()}"
+        milliseconds = _MILLISECONDS[int((created - int(created)) * 1000) % 1000]
+        line = (
+            f"{self._second(created)}.{milliseconds}Z INFO {ACCESS_LOG.name} "
+            f"[{entry.request_id}] {entry.message()}"
+        )
         # Scrubbing is checked for by field, remembered: most lines need none.
         return scrub(line) if _access_line_suspect(entry) else line
 
     def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
-        # One line per request: the timestamp is built once a second, not per line.
+        return f"{self._second(created)}.{_MILLISECONDS[int(msecs) % 1000]}Z {levelname} {name} "
+
+    def _second(self, created: float) -> str:
+        """The time's second, as text. One line per request: built once a second."""
         second, stamp = self._stamp
         if second != int(created):
             second = int(created)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._stamp = (second, stamp)
-        return f"{stamp}.{_MILLISECONDS[int(msecs) % 1000]}Z {levelname} {name} "
+        return stamp
 
 
 class JsonFormatter(logging.Formatter):
@@ -204,11 +210,11 @@ class _Handler(BatchingHandler):
 
     def write_access_line(self, entry: AccessEntry) -> bool:
         """Add the access line to the batch, to be formatted when the batch is written
-        (as format() would write its record), unless this handler was given another
-        formatter, filter or level: False, then."""
+        (as format() would write its record; by the formatter's format() itself when
+        it is not one of ours), unless this handler was given another filter or
+        level: False, then."""
         if (
-            _ours(self.formatter) is None
-            or self.level > logging.INFO
+            self.level > logging.INFO
             # install_logging's RequestIdFilter only: the entry has the id it adds
             or len(self.filters) != 1
             or type(self.filters[0]) is not RequestIdFilter
@@ -224,7 +230,7 @@ class _Handler(BatchingHandler):
         formatter = _ours(self.formatter)
         if formatter is not None:
             return formatter.format_access(item) + self.terminator
-        # The formatter was replaced since: it gets the record.
+        # Not one of ours (given before the line was gathered, or since): it gets the record.
         return self.format(access_record(item)) + self.terminator
 
 
