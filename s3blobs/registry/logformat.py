@@ -81,22 +81,21 @@ def _suspect(text: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _suspect_fields(*fields: str) -> bool:
     """Whether any of the fields holds a suspect word; remembered, for the access line's
-    fields a client chooses, which repeat (the method, path, query and user). Joined by
-    a space, which is in no suspect word, so no word is made across two fields."""
+    fields a client chooses, which repeat (the method, the logged path, the user).
+    Joined by a space, which is in no suspect word, so no word is made across two."""
     return _suspect(" ".join(fields))
 
 
 def _access_line_suspect(entry: AccessEntry) -> bool:
     """Whether the access line may hold a secret, judged from the fields a client
-    chooses, as sent: the logged path is the path percent-encoded (which turns no
-    character into a letter, '=', '-' or '@', and adds no word), and the query's
-    keys, each value as sent or REDACTED. The rest of the line (time, level, logger,
-    numbers, and the words between the fields) holds no suspect word, and no suspect
-    word can straddle a field's edge: each field is followed by a space, a ']', or
-    the line's end, none of which is in a word, and the words before a field end in
-    ' ', '[' or 'user=', which start none. A request id is [A-Za-z0-9._:-]
-    (context._VALID): without a ':' no pattern can match it."""
-    return _suspect_fields(entry.method, entry.path, entry.query, entry.user) or (
+    chooses, as they are logged (percent-encoding can make a word: '\xba' is '%C2%BA');
+    the rest of the line (time, level, logger, numbers, and the words between the
+    fields) holds no suspect word, and no suspect word can straddle a field's edge:
+    each field is followed by a space, a ']', or the line's end, none of which is in a
+    word, and the words before a field end in ' ', '[' or 'user=', which start none. A
+    request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no pattern can
+    match it."""
+    return _suspect_fields(entry.method, entry.logged_path(), entry.user) or (
         ":" in entry.request_id and _suspect(entry.request_id)
     )
 
