@@ -257,9 +257,10 @@ def wait_for_line(
 def test_a_request_leaves_no_reference_cycle(config: Config) -> None:
     """Every request's memory is freed by reference counting as soon as it is answered.
     A cycle through the environ (something in it that refers back to it) would leave
-    every request to the cyclic garbage collector, whose passes over a worker's heap
-    cost each request more than the access line does. (The requests asked make no S3
-    request once the cache is warm: moto's in-process server leaves cycles of its own.)"""
+    every request to the cyclic garbage collector, whose passes over a worker's whole
+    heap cost far more than freeing by reference counting. (The requests asked make no
+    S3 request once the cache is warm: moto's in-process server leaves cycles of its
+    own.)"""
     storage = S3BlobStorage(config, DescriptorCacheFactory())
     digest = storage.repository("log/cycles").put("application/octet-stream", b"blob").digest
     app = make_app(storage)
