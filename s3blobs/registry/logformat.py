@@ -86,16 +86,16 @@ def _suspect_fields(*fields: str) -> bool:
     return _suspect(" ".join(fields))
 
 
-def _access_line_suspect(entry: AccessEntry) -> bool:
+def _access_line_suspect(entry: AccessEntry, path: str) -> bool:
     """Whether the access line may hold a secret, judged from the fields a client
-    chooses, as they are logged (percent-encoding can make a word: '\xba' is '%C2%BA');
-    the rest of the line (time, level, logger, numbers, and the words between the
-    fields) holds no suspect word, and no suspect word can straddle a field's edge:
-    each field is followed by a space, a ']', or the line's end, none of which is in a
-    word, and the words before a field end in ' ', '[' or 'user=', which start none. A
-    request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no pattern can
-    match it."""
-    return _suspect_fields(entry.method, entry.logged_path(), entry.user) or (
+    chooses as they are logged (``path`` is the logged path: percent-encoding can make
+    a word, '\xba' is '%C2%BA'). The rest of the line (time, level, logger, numbers,
+    and the words between the fields) holds no suspect word, and no suspect word can
+    straddle a field's edge: each field is followed by a space, a ']', or the line's
+    end, none of which is in a word, and the words before a field end in ' ', '[' or
+    'user=', which start none. A request id is [A-Za-z0-9._:-] (context._VALID):
+    without a ':' no pattern can match it."""
+    return _suspect_fields(entry.method, path, entry.user) or (
         ":" in entry.request_id and _suspect(entry.request_id)
     )
 
@@ -137,26 +137,20 @@ class TextFormatter(logging.Formatter):
 
     def format_access(self, entry: AccessEntry) -> str:
         """What format() makes of the access line's record, without the record."""
-        created = entry.created
-        milliseconds = _MILLISECONDS[int((created - int(created)) * 1000) % 1000]
-        line = (
-            f"{self._second(created)}.{milliseconds}Z INFO {ACCESS_LOG.name} "
-            f"[{entry.request_id}] {entry.message()}"
-        )
+        path = entry.logged_path()
+        line = self._prefix(entry.created, msecs(entry.created), "INFO", ACCESS_LOG.name)
+        line += f"[{entry.request_id}] {entry.message(path)}"
         # Scrubbing is checked for by field, remembered: most lines need none.
-        return scrub(line) if _access_line_suspect(entry) else line
+        return scrub(line) if _access_line_suspect(entry, path) else line
 
     def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
-        return f"{self._second(created)}.{_MILLISECONDS[int(msecs) % 1000]}Z {levelname} {name} "
-
-    def _second(self, created: float) -> str:
-        """The time's second, as text. One line per request: built once a second."""
+        # One line per request: the timestamp is built once a second, not per line.
         second, stamp = self._stamp
         if second != int(created):
             second = int(created)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._stamp = (second, stamp)
-        return stamp
+        return f"{stamp}.{_MILLISECONDS[int(msecs) % 1000]}Z {levelname} {name} "
 
 
 class JsonFormatter(logging.Formatter):

@@ -140,12 +140,14 @@ class AccessEntry(NamedTuple):
     s3_requests: int
     user: str
 
-    def message(self) -> str:
-        """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``."""
+    def message(self, logged_path: str | None = None) -> str:
+        """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``
+        (``logged_path``: logged_path(), when the caller has it already)."""
         # Unpacked at once: reading a named field costs as much as the whole unpacking.
         _, _, method, _, _, status, bytes_in, bytes_out, duration, s3_requests, user = self
+        path = self.logged_path() if logged_path is None else logged_path
         return (
-            f"{method} {self.logged_path()} {status} in={bytes_in} out={bytes_out} "
+            f"{method} {path} {status} in={bytes_in} out={bytes_out} "
             f"{duration * 1000:.1f}ms s3={s3_requests} user={user}"
         )
 
