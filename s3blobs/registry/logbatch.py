@@ -11,8 +11,11 @@ late). ``flush()`` and ``close()`` write what is left, and so does ``logging.shu
 at interpreter exit (a gunicorn worker's graceful exit on SIGTERM runs it).
 
 A batch may also hold items to be formatted only when it is written (``render``: the
-access line's values, see logformat): formatting hundreds of lines in one go costs
-less than one at a time between requests, and it is done off the request's path.
+finished request of an access line, see logformat), handed over with ``hand_over``
+without the handler's lock (an append to a ``collections.deque`` is atomic): that is
+all an access line costs the request. The flusher finds them within ``max_delay``;
+a line gathered later (under the lock) moves them into the batch first, so lines are
+written in the order they came.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import logging
 import os
 import threading
 import weakref
+from collections import deque
 from typing import TextIO
+
+from .metricfold import drain
 
 #: How late a line may be written, at most (seconds), and how much is gathered at most.
 MAX_DELAY = 0.25
@@ -44,6 +50,9 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.max_bytes = max_bytes
         self._lines: list[object] = []  # lines (str), and items to render
         self._size = 0
+        self._handed_over: deque[object] = deque()  # items to render, not yet in _lines
+        # Past this many items handed over, the one who hands one more writes the batch.
+        self._most_handed_over = max(1, max_bytes // RENDERED_SIZE)
         self._closed = False
         self._gathering = threading.Event()  # set when the first line of a batch arrives
         self._closing = threading.Event()  # wakes a flusher waiting for its batch to gather
@@ -59,17 +68,30 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self.gather(line, record.levelno)
 
+    def hand_over(self, item: object) -> None:
+        """Add an item ``render`` makes a line of when the batch is written, without
+        the lock (any thread, any time: see the module)."""
+        handed_over = self._handed_over
+        handed_over.append(item)
+        if len(handed_over) >= self._most_handed_over or self._closed:
+            self.flush()
+        elif not self._gathering.is_set():
+            # Cleared by the flusher before it drains the deque, so an item appended
+            # meanwhile is either in that write or sets it again.
+            self._ensure_flusher()
+            self._gathering.set()
+
     def gather(self, line: object, level: int) -> None:
         """Add a formatted line (a str, its terminator included), or an item ``render``
         makes one of when the batch is written, to the batch; with self.lock held."""
         lines = self._lines
+        self._take_handed_over()  # they came first
         lines.append(line)
         self._size += len(line) if type(line) is str else RENDERED_SIZE
         if level >= logging.WARNING or self._size >= self.max_bytes or self._closed:
             self._write()
         elif len(lines) == 1:  # a new batch: the flusher writes it within max_delay
-            if self._flusher is None:
-                self._start_flusher()
+            self._ensure_flusher()
             self._gathering.set()
 
     def flush(self) -> None:
@@ -91,8 +113,16 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """The line (its terminator included) of an item gathered unformatted."""
         raise TypeError(f"{type(self).__name__} cannot render {type(item).__name__}")
 
+    def _take_handed_over(self) -> None:
+        """Move the items handed over so far into the batch, in order (under self.lock)."""
+        if self._handed_over:
+            taken = drain(self._handed_over)
+            self._lines.extend(taken)
+            self._size += RENDERED_SIZE * len(taken)
+
     def _write(self) -> None:
         """Write what has gathered, in one write and one flush (called under self.lock)."""
+        self._take_handed_over()
         if not self._lines:
             return
         text = "".join(self._rendered(self._lines))
@@ -119,10 +149,17 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.handleError(logging.makeLogRecord({"msg": f"unrenderable {item!r}"}))
         return lines
 
-    def _start_flusher(self) -> None:
-        flusher = threading.Thread(target=self._flush_batches, name="s3blobs-log", daemon=True)
-        self._flusher = flusher
-        flusher.start()
+    def _ensure_flusher(self) -> None:
+        if self._flusher is not None:
+            return
+        with self.lock:  # type: ignore[union-attr]
+            # hand_over calls this without the lock: two threads may both have found none.
+            if self._flusher is None:
+                flusher = threading.Thread(
+                    target=self._flush_batches, name="s3blobs-log", daemon=True
+                )
+                self._flusher = flusher
+                flusher.start()
 
     def _flush_batches(self) -> None:
         while True:
@@ -140,6 +177,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         # without a flusher (threads do not survive a fork): the next batch starts one.
         self._lines = []
         self._size = 0
+        self._handed_over = deque()
         self._gathering = threading.Event()
         self._closing = threading.Event()
         self._flusher = None

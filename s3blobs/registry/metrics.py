@@ -97,10 +97,11 @@ EVENTS_DROPPED = Counter(
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-# What each finished request adds, folded in by _fold_http: (route, method, status,
-# duration, bytes in, bytes out, a POST ?digest= to uploads, the auth failure's reason).
-_Answered = tuple[str, str, int, float, int, int, bool, str | None]
-_ANSWERED: deque[_Answered] = deque()
+# The requests answered, folded in by _fold_http: each finished exchange as it is (it
+# holds plain values only, see requestlog.Exchange), and why each 401 or 403 was refused
+# (read from the environ, which a finished exchange lets go of once observed).
+_ANSWERED: deque[Exchange] = deque()
+_REFUSED: deque[str] = deque()
 # Past this many unfolded requests (the folding thread starved), a request folds itself.
 _MAX_PENDING = 100_000
 # The cache statistics to copy, one export per CacheStats object (by id: kept alive here).
@@ -127,47 +128,36 @@ class RegistryMetrics:
 
     def observe(self, exchange: Exchange) -> None:
         """Note the request (folded into the metrics within a second, see metricfold)."""
-        route = exchange.route
-        method = exchange.method if exchange.method in _METHODS else "OTHER"
-        status = exchange.status
-        _ANSWERED.append(
-            (
-                route,
-                method,
-                status,
-                exchange.duration,
-                exchange.bytes_in,
-                exchange.bytes_out,
-                route == "uploads" and "digest=" in exchange.query,
-                _auth_failure(exchange, status) if status in (401, 403) else None,
-            )
-        )
+        _ANSWERED.append(exchange)
+        if exchange.status in (401, 403):
+            _REFUSED.append(_auth_failure(exchange, exchange.status))
         FOLDER.ensure_running()
         if len(_ANSWERED) > _MAX_PENDING:
             FOLDER.fold()
 
 
 def _fold_http() -> None:
-    answered = drain(_ANSWERED)
-    if not answered:
-        return
+    answered, refused = drain(_ANSWERED), drain(_REFUSED)
     requests: Tally[tuple[str, str, int]] = Tally()
     durations: dict[tuple[str, str], list[float]] = {}
     received: Tally[str] = Tally()
     sent: Tally[str] = Tally()
     counts: Tally[Any] = Tally()  # metric (a counter, or the open uploads gauge): change
-    for route, method, status, duration, bytes_in, bytes_out, digest_query, auth in answered:
+    for exchange in answered:
+        route, method, status = exchange.route, exchange.method, exchange.status
+        if method not in _METHODS:
+            method = "OTHER"
         requests[route, method, status] += 1
-        durations.setdefault((route, method), []).append(duration)
-        if bytes_in:
-            received[route] += bytes_in
-        if bytes_out:
-            sent[route] += bytes_out
+        durations.setdefault((route, method), []).append(exchange.duration)
+        if exchange.bytes_in:
+            received[route] += exchange.bytes_in
+        if exchange.bytes_out:
+            sent[route] += exchange.bytes_out
         route_counts = _ROUTE_COUNTS.get(route)
         if route_counts is not None:
-            route_counts(counts, method, status, digest_query)
-        if auth is not None:
-            counts[AUTH_FAILURES.labels(auth)] += 1
+            route_counts(counts, method, status, exchange.query)
+    for reason in refused:
+        counts[AUTH_FAILURES.labels(reason)] += 1
     for (route, method, status), count in requests.items():
         HTTP_REQUESTS.labels(route, method, str(status)).inc(count)
     for (route, method), values in durations.items():
@@ -181,14 +171,14 @@ def _fold_http() -> None:
             metric.inc(change)
 
 
-def _uploads(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
+def _uploads(counts: Tally[Any], method: str, status: int, query: str) -> None:
     """POST .../blobs/uploads/: 202 opens an upload; ``?digest=`` is a whole upload."""
     if method != "POST":
         return
     if status == 202:
         counts[UPLOADS_STARTED] += 1
         counts[UPLOADS_OPEN] += 1
-    elif digest_query:
+    elif "digest=" in query:
         counts[UPLOADS_STARTED] += 1
         if status == 201:
             counts[UPLOADS_COMMITTED] += 1
@@ -196,7 +186,7 @@ def _uploads(counts: Tally[Any], method: str, status: int, digest_query: bool) -
             counts[UPLOADS_FAILED] += 1
 
 
-def _upload(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
+def _upload(counts: Tally[Any], method: str, status: int, query: str) -> None:
     """PATCH, PUT and DELETE on an open upload."""
     if method == "PUT" and status == 201:
         counts[UPLOADS_COMMITTED] += 1
@@ -208,14 +198,14 @@ def _upload(counts: Tally[Any], method: str, status: int, digest_query: bool) ->
         counts[UPLOADS_OPEN] -= 1
 
 
-def _manifest(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
+def _manifest(counts: Tally[Any], method: str, status: int, query: str) -> None:
     if method == "PUT" and status == 201:
         counts[MANIFESTS_PUSHED] += 1
     elif method == "GET" and status == 200:
         counts[MANIFESTS_PULLED] += 1
 
 
-def _blob(counts: Tally[Any], method: str, status: int, digest_query: bool) -> None:
+def _blob(counts: Tally[Any], method: str, status: int, query: str) -> None:
     if method == "GET" and status == 307:
         counts[REDIRECTS] += 1
 

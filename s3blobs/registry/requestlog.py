@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from .auth.wsgi import IDENTITY
@@ -40,14 +41,23 @@ _PATH_SAFE = "/:@+=,"
 
 Observer = Callable[["Exchange"], None]
 
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
 
 class Exchange:
-    """One request and its answer, as the operator sees it."""
+    """One request and its answer, as the operator sees it.
+
+    While the request is served it reads the environ. Once the answer is sent it is
+    finished (:meth:`finish`: the time, who asked, the route), and RequestLog lets the
+    environ go after the observers have seen it: a finished exchange is kept a little
+    while (the access line and the metrics take the exchange itself, and read it later,
+    off the request's path), and must not keep the request's objects alive meanwhile."""
 
     __slots__ = (
         "_route",
         "bytes_in",
         "bytes_out",
+        "created",
         "duration",
         "environ",
         "headers",
@@ -55,9 +65,11 @@ class Exchange:
         "method",
         "params",
         "path",
+        "query",
         "s3_requests",
         "started",
         "status",
+        "user",
     )
 
     def __init__(self, environ: dict[str, Any]) -> None:
@@ -65,15 +77,18 @@ class Exchange:
         self.id = request_id(environ)
         self.method: str = environ.get("REQUEST_METHOD", "GET")
         self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.query: str = environ.get("QUERY_STRING", "")
         self.started = time.perf_counter()
+        self.created = 0.0  # time.time() when it finished
+        self.duration = 0.0  # seconds
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.headers: Sequence[tuple[str, str]] = ()
         self.bytes_in = 0
         self.bytes_out = 0
         self.s3_requests = 0
-        self.duration = 0.0
+        self.user = "-"  # who authentication said this is, once finished; '-': anonymous
         self._route: str | None = None
-        self.params: dict[str, str] = {}
+        self.params: Mapping[str, str] = _NO_PARAMS
 
     @property
     def route(self) -> str:
@@ -87,16 +102,16 @@ class Exchange:
                 self._route = "healthz" if self.path == HEALTH_PATH else "unknown"
         return self._route
 
-    @property
-    def query(self) -> str:
-        return str(self.environ.get("QUERY_STRING", ""))
-
-    @property
-    def user(self) -> str:
-        """Who authentication said this is, or '-' (anonymous, or no authentication)."""
-        identity = self.environ.get(IDENTITY)
-        name = getattr(identity, "name", None)
-        return str(name) if name else "-"
+    def finish(self) -> None:
+        """The answer is sent: note how long it took and when, and take from the environ
+        what is read of a finished exchange (who asked, the route)."""
+        self.duration = time.perf_counter() - self.started
+        self.created = time.time()
+        name = getattr(self.environ.get(IDENTITY), "name", None)
+        if name:
+            self.user = str(name)
+        if self._route is None:
+            self.route  # noqa: B018 (matched now, while the environ is here)
 
     def header(self, name: str) -> str | None:
         """A response header, or None."""
@@ -106,49 +121,13 @@ class Exchange:
                 return value
         return None
 
-    def access_entry(self) -> AccessEntry:
-        """The access line's values, now (the request has finished)."""
-        return AccessEntry(
-            time.time(),
-            self.id,
-            self.method,
-            self.path,
-            self.query,
-            self.status,
-            self.bytes_in,
-            self.bytes_out,
-            self.duration,
-            self.s3_requests,
-            self.user,
-        )
-
-
-class AccessEntry(NamedTuple):
-    """What a finished request's access line says: plain values, taken when it finished,
-    so that the line can be formatted later (install_logging's handler formats a batch
-    of them when it writes it, off the request's path)."""
-
-    created: float  # time.time() when the request finished
-    request_id: str
-    method: str
-    path: str  # PATH_INFO, as the server decoded it
-    query: str
-    status: int
-    bytes_in: int
-    bytes_out: int
-    duration: float  # seconds
-    s3_requests: int
-    user: str
-
     def message(self, logged_path: str | None = None) -> str:
         """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``
         (``logged_path``: logged_path(), when the caller has it already)."""
-        # Unpacked at once: reading a named field costs as much as the whole unpacking.
-        _, _, method, _, _, status, bytes_in, bytes_out, duration, s3_requests, user = self
         path = self.logged_path() if logged_path is None else logged_path
         return (
-            f"{method} {path} {status} in={bytes_in} out={bytes_out} "
-            f"{duration * 1000:.1f}ms s3={s3_requests} user={user}"
+            f"{self.method} {path} {self.status} in={self.bytes_in} out={self.bytes_out} "
+            f"{self.duration * 1000:.1f}ms s3={self.s3_requests} user={self.user}"
         )
 
     def fields(self) -> dict[str, Any]:
@@ -226,21 +205,21 @@ class RequestLog:
     def finish(self, exchange: Exchange) -> None:
         """The answer is sent (or abandoned): log it, then tell the observers. Called
         with the exchange current, so what they log carries its id."""
-        exchange.duration = time.perf_counter() - exchange.started
+        exchange.finish()
         if ACCESS_LOG.isEnabledFor(logging.INFO):
-            entry = exchange.access_entry()
             write = getattr(_sole_handler(), "write_access_line", None)
-            if write is None or not write(entry):
-                ACCESS_LOG.handle(access_record(entry))
+            if write is None or not write(exchange):
+                ACCESS_LOG.handle(access_record(exchange))
         for observe in self.observers:
             try:
                 observe(exchange)
             except Exception:
                 # Watching the registry must never break it.
                 log.exception("observer %r failed", observe)
+        exchange.environ = {}  # let go: see Exchange
 
 
-def access_record(entry: AccessEntry) -> logging.LogRecord:
+def access_record(exchange: Exchange) -> logging.LogRecord:
     """The access line as a record: what .info() makes (at the time the request
     finished), without looking up the caller's frame (the access line has one caller)."""
     record = ACCESS_LOG.makeRecord(
@@ -248,12 +227,12 @@ def access_record(entry: AccessEntry) -> logging.LogRecord:
         logging.INFO,
         __file__,
         0,
-        entry.message(),
+        exchange.message(),
         (),
         None,
-        extra={"request_id": entry.request_id, "access": entry},
+        extra={"request_id": exchange.id, "access": exchange},
     )
-    record.created, record.msecs = entry.created, msecs(entry.created)
+    record.created, record.msecs = exchange.created, msecs(exchange.created)
     return record
 
 
@@ -316,19 +295,28 @@ class _Answer:
         exchange = self._exchange
         exchange.status = int(status[:3])
         exchange.headers = headers
-        # The layers inside spell the header as REQUEST_ID_HEADER does.
-        for key, _ in headers:
-            if key == REQUEST_ID_HEADER:
-                break
-        else:
-            headers.append((REQUEST_ID_HEADER, exchange.id))
+        # The layers inside that add it (the registry app, error answers) spell it as
+        # REQUEST_ID_HEADER does, with the same id (context.request_id).
+        request_id_header = (REQUEST_ID_HEADER, exchange.id)
+        if request_id_header not in headers:
+            headers.append(request_id_header)
         return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
+        body = self.body
+        if type(body) is list or type(body) is tuple:
+            # Sending a list runs none of the app's code: counted at once, and iterated
+            # by the server without a generator of ours in between.
+            self._exchange.bytes_out += sum(map(len, body))
+            return iter(body)
+        return self._streamed(body)
+
+    def _streamed(self, body: Iterable[bytes]) -> Iterator[bytes]:
+        # The app's code runs as the body is produced: with the exchange current.
         exchange = self._exchange
         token = _current.set(exchange)
         try:
-            for chunk in self.body:
+            for chunk in body:
                 exchange.bytes_out += len(chunk)
                 yield chunk
         finally:
