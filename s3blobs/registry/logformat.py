@@ -21,9 +21,16 @@ from typing import Any, TextIO
 from .logbatch import BatchingHandler
 from .requestlog import (
     ACCESS_LOG,
-    Exchange,
+    CREATED,
+    METHOD,
+    REQUEST_ID,
+    USER,
+    Summary,
+    access_fields,
+    access_message,
     access_record,
     current_exchange,
+    logged_path,
     msecs,
 )
 from .settings import OperationsSettings
@@ -86,7 +93,7 @@ def _suspect_fields(*fields: str) -> bool:
     return _suspect(" ".join(fields))
 
 
-def _access_line_suspect(exchange: Exchange, path: str) -> bool:
+def _access_line_suspect(summary: Summary, path: str) -> bool:
     """Whether the access line may hold a secret, judged from the fields a client
     chooses as they are logged (``path`` is the logged path: percent-encoding can make
     a word, '\xba' is '%C2%BA'). The rest of the line (time, level, logger, numbers,
@@ -95,8 +102,9 @@ def _access_line_suspect(exchange: Exchange, path: str) -> bool:
     end, none of which is in a word, and the words before a field end in ' ', '[' or
     'user=', which start none. A request id is [A-Za-z0-9._:-] (context._VALID):
     without a ':' no pattern can match it."""
-    return _suspect_fields(exchange.method, path, exchange.user) or (
-        ":" in exchange.id and _suspect(exchange.id)
+    request_id = summary[REQUEST_ID]
+    return _suspect_fields(summary[METHOD], path, summary[USER]) or (
+        ":" in request_id and _suspect(request_id)
     )
 
 
@@ -135,14 +143,14 @@ class TextFormatter(logging.Formatter):
             line += "\n" + self.formatStack(record.stack_info)
         return scrub(line)
 
-    def format_access(self, exchange: Exchange) -> str:
+    def format_access(self, summary: Summary) -> str:
         """What format() makes of the access line's record, without the record."""
-        path = exchange.logged_path()
-        created = exchange.created
+        path = logged_path(summary)
+        created = summary[CREATED]
         line = self._prefix(created, msecs(created), "INFO", ACCESS_LOG.name)
-        line += f"[{exchange.id}] {exchange.message(path)}"
+        line += f"[{summary[REQUEST_ID]}] {access_message(summary, path)}"
         # Scrubbing is checked for by field, remembered: most lines need none.
-        return scrub(line) if _access_line_suspect(exchange, path) else line
+        return scrub(line) if _access_line_suspect(summary, path) else line
 
     def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
         # One line per request: the timestamp is built once a second, not per line.
@@ -163,20 +171,20 @@ class JsonFormatter(logging.Formatter):
         line = self._fields(record.created, record.msecs, record.levelname, record.name)
         line["request_id"] = getattr(record, "request_id", "-")
         line["message"] = scrub(record.getMessage())
-        exchange = getattr(record, "access", None)
-        if isinstance(exchange, Exchange):  # an access line
-            line.update(_scrubbed_fields(exchange))
+        summary = getattr(record, "access", None)
+        if summary is not None:  # an access line (see access_record)
+            line.update(_scrubbed_fields(summary))
         if record.exc_info:
             line["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(line)
 
-    def format_access(self, exchange: Exchange) -> str:
+    def format_access(self, summary: Summary) -> str:
         """What format() makes of the access line's record, without the record."""
-        created = exchange.created
+        created = summary[CREATED]
         line = self._fields(created, msecs(created), "INFO", ACCESS_LOG.name)
-        line["request_id"] = exchange.id
-        line["message"] = scrub(exchange.message())
-        line.update(_scrubbed_fields(exchange))
+        line["request_id"] = summary[REQUEST_ID]
+        line["message"] = scrub(access_message(summary))
+        line.update(_scrubbed_fields(summary))
         return json.dumps(line)
 
     @staticmethod
@@ -185,9 +193,9 @@ class JsonFormatter(logging.Formatter):
         return {"time": f"{stamp}.{int(msecs):03d}Z", "level": levelname, "logger": name}
 
 
-def _scrubbed_fields(exchange: Exchange) -> dict[str, Any]:
+def _scrubbed_fields(summary: Summary) -> dict[str, Any]:
     """The access line's fields; the path and user scrubbed as the message is."""
-    fields = exchange.fields()
+    fields = access_fields(summary)
     fields["path"], fields["user"] = scrub(fields["path"]), scrub(fields["user"])
     return fields
 
@@ -203,24 +211,24 @@ def _ours(formatter: logging.Formatter | None) -> TextFormatter | JsonFormatter 
 class _Handler(BatchingHandler):
     """Ours, so a second install replaces it instead of doubling every line."""
 
-    def write_access_line(self, exchange: Exchange) -> bool:
-        """Hand the finished exchange over, its access line to be formatted when the
+    def write_access_line(self, summary: Summary) -> bool:
+        """Hand the finished request's summary over, its line to be formatted when the
         batch is written (as format() would write its record; by the formatter's
         format() itself when it is not one of ours), unless this handler was given
         another filter or level: False, then."""
         if (
             self.level > logging.INFO
-            # install_logging's RequestIdFilter only: the exchange has the id it adds
+            # install_logging's RequestIdFilter only: the summary has the id it adds
             or len(self.filters) != 1
             or type(self.filters[0]) is not RequestIdFilter
         ):
             return False
-        self.hand_over(exchange)
+        self.hand_over(summary)
         return True
 
     def render(self, item: object) -> str:
         """An access line handed over by write_access_line, formatted."""
-        assert isinstance(item, Exchange)
+        assert type(item) is tuple
         formatter = _ours(self.formatter)
         if formatter is not None:
             return formatter.format_access(item) + self.terminator

@@ -23,8 +23,11 @@ import os
 import threading
 import time
 from bisect import bisect_left
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
+from itertools import repeat, starmap
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -33,10 +36,11 @@ T = TypeVar("T")
 
 
 def drain(pending: deque[T]) -> list[T]:
-    """What ``pending`` holds now, removed from it (called by one fold at a time)."""
-    pop = pending.popleft
-    # Only as many as there are now: appends that arrive meanwhile wait for the next fold.
-    return [pop() for _ in range(len(pending))]
+    """What ``pending`` holds now, removed from it (by one caller at a time: appends
+    may come meanwhile, from any thread)."""
+    # Only as many as there are now: appends that arrive meanwhile wait for the next
+    # drain. popleft() called len times by starmap: in C, no Python frame per item.
+    return list(starmap(pending.popleft, repeat((), len(pending))))
 
 
 def observe_all(histogram: Any, values: list[float]) -> None:
@@ -52,13 +56,10 @@ def observe_all(histogram: Any, values: list[float]) -> None:
         for value in values:
             histogram.observe(value)
         return
-    counts = [0] * len(bounds)
-    for value in values:
-        counts[bisect_left(bounds, value)] += 1
     total.inc(sum(values))
-    for bucket, count in zip(buckets, counts, strict=True):
-        if count:
-            bucket.inc(count)
+    # Each value's bucket, counted in C (no Python frame per value).
+    for index, count in Tally(map(partial(bisect_left, bounds), values)).items():
+        buckets[index].inc(count)
 
 
 class Folder:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, quote
 
 from .auth.wsgi import IDENTITY
@@ -41,23 +41,39 @@ _PATH_SAFE = "/:@+=,"
 
 Observer = Callable[["Exchange"], None]
 
+#: A finished request, as its access line and the metrics read it (made by
+#: Exchange.finish): (time.time() when it finished, request id, method, path as the
+#: server decoded it, query string, status, bytes in, bytes out, duration in seconds, S3
+#: requests, user, route). A plain tuple of str, int and float on purpose: the cyclic
+#: garbage collector stops tracking such a tuple the first time it looks at it, so the
+#: thousands waiting for their log batch or their fold cost it nothing. Kept as objects
+#: (an Exchange, or even a NamedTuple) they stayed tracked and were promoted to the
+#: oldest generation, and full collections of a worker's heap came with them.
+Summary = tuple[float, str, str, str, str, int, int, int, float, int, str, str]
+# Where each is in a Summary (Final: mypy then knows each one's type).
+CREATED: Final = 0
+REQUEST_ID: Final = 1
+METHOD: Final = 2
+PATH: Final = 3
+QUERY: Final = 4
+STATUS: Final = 5
+BYTES_IN: Final = 6
+BYTES_OUT: Final = 7
+DURATION: Final = 8
+S3_REQUESTS: Final = 9
+USER: Final = 10
+ROUTE: Final = 11
+
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
 
 class Exchange:
-    """One request and its answer, as the operator sees it.
-
-    While the request is served it reads the environ. Once the answer is sent it is
-    finished (:meth:`finish`: the time, who asked, the route), and RequestLog lets the
-    environ go after the observers have seen it: a finished exchange is kept a little
-    while (the access line and the metrics take the exchange itself, and read it later,
-    off the request's path), and must not keep the request's objects alive meanwhile."""
+    """One request and its answer, as the operator sees it, while it is served; once
+    answered, :meth:`finish` sums it up (``summary``)."""
 
     __slots__ = (
-        "_route",
         "bytes_in",
         "bytes_out",
-        "created",
         "duration",
         "environ",
         "headers",
@@ -66,9 +82,11 @@ class Exchange:
         "params",
         "path",
         "query",
+        "route",
         "s3_requests",
         "started",
         "status",
+        "summary",
         "user",
     )
 
@@ -79,39 +97,46 @@ class Exchange:
         self.path: str = environ.get("PATH_INFO", "") or "/"
         self.query: str = environ.get("QUERY_STRING", "")
         self.started = time.perf_counter()
-        self.created = 0.0  # time.time() when it finished
-        self.duration = 0.0  # seconds
         self.status = 0
         self.headers: Sequence[tuple[str, str]] = ()
         self.bytes_in = 0
         self.bytes_out = 0
         self.s3_requests = 0
-        self.user = "-"  # who authentication said this is, once finished; '-': anonymous
-        self._route: str | None = None
-        self.params: Mapping[str, str] = _NO_PARAMS
+        # Set by finish():
+        self.duration = 0.0  # seconds
+        self.user = "-"  # who authentication said this is; '-': anonymous
+        self.route = "unknown"  # the API route's name ('blob', 'manifest', ...), 'healthz'
+        self.params: Mapping[str, str] = _NO_PARAMS  # what the route's pattern matched
+        self.summary: Summary | None = None
 
-    @property
-    def route(self) -> str:
-        """The API route's name ('blob', 'manifest', ...), 'healthz', or 'unknown'."""
-        if self._route is None:
-            # Matched once per request, by whichever layer asks first (routing does).
-            matched = match_route(self.environ)
-            if matched is not None:
-                self._route, self.params = matched.route.name, matched.params
-            else:
-                self._route = "healthz" if self.path == HEALTH_PATH else "unknown"
-        return self._route
-
-    def finish(self) -> None:
-        """The answer is sent: note how long it took and when, and take from the environ
-        what is read of a finished exchange (who asked, the route)."""
+    def finish(self) -> Summary:
+        """The answer is sent: note how long it took, who asked (authentication has run)
+        and the route, and sum it up."""
         self.duration = time.perf_counter() - self.started
-        self.created = time.time()
-        name = getattr(self.environ.get(IDENTITY), "name", None)
+        environ = self.environ
+        name = getattr(environ.get(IDENTITY), "name", None)
         if name:
             self.user = str(name)
-        if self._route is None:
-            self.route  # noqa: B018 (matched now, while the environ is here)
+        matched = match_route(environ)  # matched by routing already, kept in the environ
+        if matched is not None:
+            self.route, self.params = matched.route.name, matched.params
+        elif self.path == HEALTH_PATH:
+            self.route = "healthz"
+        summary = self.summary = (
+            time.time(),
+            self.id,
+            self.method,
+            self.path,
+            self.query,
+            self.status,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration,
+            self.s3_requests,
+            self.user,
+            self.route,
+        )
+        return summary
 
     def header(self, name: str) -> str | None:
         """A response header, or None."""
@@ -121,39 +146,44 @@ class Exchange:
                 return value
         return None
 
-    def message(self, logged_path: str | None = None) -> str:
-        """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``
-        (``logged_path``: logged_path(), when the caller has it already)."""
-        path = self.logged_path() if logged_path is None else logged_path
-        return (
-            f"{self.method} {path} {self.status} in={self.bytes_in} out={self.bytes_out} "
-            f"{self.duration * 1000:.1f}ms s3={self.s3_requests} user={self.user}"
-        )
 
-    def fields(self) -> dict[str, Any]:
-        """The access line's fields, for a structured log."""
-        return {
-            "method": self.method,
-            "path": self.logged_path(),
-            "status": self.status,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration_seconds": round(self.duration, 6),
-            "s3_requests": self.s3_requests,
-            "user": self.user,
-        }
+def access_message(summary: Summary, logged: str | None = None) -> str:
+    """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``
+    (``logged``: logged_path(summary), when the caller has it already)."""
+    _, _, method, _, _, status, bytes_in, bytes_out, duration, s3_requests, user, _ = summary
+    path = logged_path(summary) if logged is None else logged
+    return (
+        f"{method} {path} {status} in={bytes_in} out={bytes_out} "
+        f"{duration * 1000:.1f}ms s3={s3_requests} user={user}"
+    )
 
-    def logged_path(self) -> str:
-        """The path (percent-encoded again, so a decoded newline cannot forge a line)
-        and the API's own query parameters; other values are REDACTED."""
-        path = _quoted_path(self.path)
-        if not self.query:
-            return path
-        pairs = [
-            f"{quote(key)}={quote(value, safe=':') if key in LOGGED_PARAMETERS else MASK}"
-            for key, value in parse_qsl(self.query, keep_blank_values=True)
-        ]
-        return path + "?" + "&".join(pairs)
+
+def access_fields(summary: Summary) -> dict[str, Any]:
+    """The access line's fields, for a structured log."""
+    return {
+        "method": summary[METHOD],
+        "path": logged_path(summary),
+        "status": summary[STATUS],
+        "bytes_in": summary[BYTES_IN],
+        "bytes_out": summary[BYTES_OUT],
+        "duration_seconds": round(summary[DURATION], 6),
+        "s3_requests": summary[S3_REQUESTS],
+        "user": summary[USER],
+    }
+
+
+def logged_path(summary: Summary) -> str:
+    """The path (percent-encoded again, so a decoded newline cannot forge a line)
+    and the API's own query parameters; other values are REDACTED."""
+    path = _quoted_path(summary[PATH])
+    query = summary[QUERY]
+    if not query:
+        return path
+    pairs = [
+        f"{quote(key)}={quote(value, safe=':') if key in LOGGED_PARAMETERS else MASK}"
+        for key, value in parse_qsl(query, keep_blank_values=True)
+    ]
+    return path + "?" + "&".join(pairs)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -205,21 +235,20 @@ class RequestLog:
     def finish(self, exchange: Exchange) -> None:
         """The answer is sent (or abandoned): log it, then tell the observers. Called
         with the exchange current, so what they log carries its id."""
-        exchange.finish()
+        summary = exchange.finish()
         if ACCESS_LOG.isEnabledFor(logging.INFO):
             write = getattr(_sole_handler(), "write_access_line", None)
-            if write is None or not write(exchange):
-                ACCESS_LOG.handle(access_record(exchange))
+            if write is None or not write(summary):
+                ACCESS_LOG.handle(access_record(summary))
         for observe in self.observers:
             try:
                 observe(exchange)
             except Exception:
                 # Watching the registry must never break it.
                 log.exception("observer %r failed", observe)
-        exchange.environ = {}  # let go: see Exchange
 
 
-def access_record(exchange: Exchange) -> logging.LogRecord:
+def access_record(summary: Summary) -> logging.LogRecord:
     """The access line as a record: what .info() makes (at the time the request
     finished), without looking up the caller's frame (the access line has one caller)."""
     record = ACCESS_LOG.makeRecord(
@@ -227,12 +256,13 @@ def access_record(exchange: Exchange) -> logging.LogRecord:
         logging.INFO,
         __file__,
         0,
-        exchange.message(),
+        access_message(summary),
         (),
         None,
-        extra={"request_id": exchange.id, "access": exchange},
+        extra={"request_id": summary[REQUEST_ID], "access": summary},
     )
-    record.created, record.msecs = exchange.created, msecs(exchange.created)
+    created = summary[CREATED]
+    record.created, record.msecs = created, msecs(created)
     return record
 
 
