@@ -48,7 +48,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.max_delay = max_delay
         self.max_bytes = max_bytes
-        self._lines: list[object] = []  # lines (str), and items to render
+        # Formatted lines (str), and runs of items to render (a list, rendered together).
+        self._lines: list[str | list[object]] = []
         self._size = 0
         self._handed_over: deque[object] = deque()  # items to render, not yet in _lines
         # Past this many items handed over, the one who hands one more writes the batch.
@@ -86,8 +87,12 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         makes one of when the batch is written, to the batch; with self.lock held."""
         lines = self._lines
         self._take_handed_over()  # they came first
-        lines.append(line)
-        self._size += len(line) if type(line) is str else RENDERED_SIZE
+        if type(line) is str:
+            lines.append(line)
+            self._size += len(line)
+        else:
+            lines.append([line])
+            self._size += RENDERED_SIZE
         if level >= logging.WARNING or self._size >= self.max_bytes or self._closed:
             self._write()
         elif len(lines) == 1:  # a new batch: the flusher writes it within max_delay
@@ -113,12 +118,25 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """The line (its terminator included) of an item gathered unformatted."""
         raise TypeError(f"{type(self).__name__} cannot render {type(item).__name__}")
 
+    def render_run(self, items: list[object]) -> list[str]:
+        """The lines of a run of items handed over one after another, in order: by
+        ``render``, one at a time (a subclass may render a run in one go). An item that
+        cannot be rendered is reported, as a record that cannot be formatted is, and
+        costs only its own line."""
+        lines = []
+        for item in items:
+            try:
+                lines.append(self.render(item))
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": f"unrenderable {item!r}"}))
+        return lines
+
     def _take_handed_over(self) -> None:
         """Move the items handed over so far into the batch, in order (under self.lock)."""
         if self._handed_over:
-            taken = drain(self._handed_over)
-            self._lines.extend(taken)
-            self._size += RENDERED_SIZE * len(taken)
+            run = drain(self._handed_over)
+            self._lines.append(run)
+            self._size += RENDERED_SIZE * len(run)
 
     def _write(self) -> None:
         """Write what has gathered, in one write and one flush (called under self.lock)."""
@@ -136,17 +154,13 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             # As a StreamHandler does for one line: report (if logging.raiseExceptions) and go on.
             self.handleError(logging.makeLogRecord({"msg": f"{count} batched log lines"}))
 
-    def _rendered(self, items: list[object]) -> list[str]:
-        lines = []
-        for item in items:
-            if type(item) is str:
-                lines.append(item)
-                continue
-            try:
-                lines.append(self.render(item))
-            except Exception:
-                # As for a record that cannot be formatted: report it, write the others.
-                self.handleError(logging.makeLogRecord({"msg": f"unrenderable {item!r}"}))
+    def _rendered(self, batch: list[str | list[object]]) -> list[str]:
+        lines: list[str] = []
+        for line_or_run in batch:
+            if type(line_or_run) is str:
+                lines.append(line_or_run)
+            else:
+                lines += self.render_run(line_or_run)  # type: ignore[arg-type]
         return lines
 
     def _ensure_flusher(self) -> None:

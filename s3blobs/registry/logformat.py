@@ -235,6 +235,17 @@ class _Handler(BatchingHandler):
         # Not one of ours (given before the line was gathered, or since): it gets the record.
         return self.format(access_record(item)) + self.terminator
 
+    def render_run(self, items: list[object]) -> list[str]:
+        """Access lines handed over one after another, formatted in one go."""
+        formatter = _ours(self.formatter)
+        if formatter is not None:
+            format_access, end = formatter.format_access, self.terminator
+            try:
+                return [format_access(item) + end for item in items]  # type: ignore[arg-type]
+            except Exception:
+                pass  # one at a time, then: only a line that cannot be rendered is lost
+        return super().render_run(items)
+
 
 def install_logging(settings: OperationsSettings, stream: TextIO | None = None) -> logging.Handler:
     """Log to ``stream`` (stderr) in the configured format and level; returns the handler.

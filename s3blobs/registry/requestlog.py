@@ -291,7 +291,7 @@ def _sole_handler() -> logging.Handler | None:
 
 
 def _reset(token: Token[Exchange | None]) -> None:
-    # try/except, not contextlib.suppress: this runs twice a request, and suppress
+    # try/except, not contextlib.suppress: this runs once a streamed body, and suppress
     # costs a context manager each time.
     try:  # noqa: SIM105
         _current.reset(token)
@@ -364,7 +364,7 @@ class _Answer:
             if not self._finished:
                 self._finished = True
                 self._finish(self._exchange)
-            _reset(token)
+            _current.reset(token)  # set in this frame: the same context
 
 
 class _CountingInput:
