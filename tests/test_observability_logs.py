@@ -213,6 +213,25 @@ def _access_summary() -> Summary:
     return exchange.finish()
 
 
+def test_a_summary_that_cannot_be_rendered_costs_only_its_own_line_of_a_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Summaries handed over one after another are rendered as a run; one that cannot be
+    (here a tuple too short) is reported, and the lines around it are still written."""
+    stream = io.StringIO()
+    handler = install_logging(OperationsSettings(), stream)
+    try:
+        good = _access_summary()
+        for item in (good, ("not", "a", "summary"), good):
+            handler.write_access_line(item)  # type: ignore[attr-defined]
+        handler.flush()
+    finally:
+        uninstall_logging(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and all("[fast-1] PUT " in line for line in lines)
+    assert "unrenderable ('not', 'a', 'summary')" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
 def test_the_direct_access_line_is_the_records_line(formatter: type[logging.Formatter]) -> None:
     summary = _access_summary()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +28,8 @@ from obsutil import BufferedClient, captured_log, need
 from oci import image_layout
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import make_app
+from s3blobs.registry.auth.wsgi import IDENTITY
+from s3blobs.registry.requestlog import REQUEST_ID, USER, Exchange
 
 TEXT_LINE = re.compile(
     r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO s3blobs\.access \[(?P<id>[\w.:-]+)\] "
@@ -286,3 +289,20 @@ def test_a_request_leaves_no_reference_cycle(config: Config) -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_what_is_kept_of_a_finished_request_is_not_tracked_by_the_garbage_collector() -> None:
+    """The summaries waiting for their log batch and their metrics fold (a second's
+    worth of requests) are plain tuples of str, int and float: the collector's first
+    look at them stops tracking them. Objects (or NamedTuples) stay tracked and are
+    promoted to the oldest generation, bringing its full collections with them."""
+    environ = EnvironBuilder(path="/v2/", headers={"X-Request-Id": "kept-1"}).get_environ()
+    environ[IDENTITY] = SimpleNamespace(name="alice")
+    exchange = Exchange(environ)
+    exchange.status = 200
+    summary = exchange.finish()
+    del exchange, environ
+    assert type(summary) is tuple
+    gc.collect(0)
+    assert not gc.is_tracked(summary)
+    assert summary[REQUEST_ID] == "kept-1" and summary[USER] == "alice"

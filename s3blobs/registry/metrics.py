@@ -322,7 +322,7 @@ FOLDER.add(_fold_caches)
 
 def _empty_after_fork() -> None:
     # What the parent gathered is the parent's to fold: a copy here would count twice.
-    for pending in (_ANSWERED, _S3_ATTEMPTS, _S3_CALLS):
+    for pending in (_ANSWERED, _REFUSED, _S3_ATTEMPTS, _S3_CALLS):
         pending.clear()
 
 
