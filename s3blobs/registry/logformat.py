@@ -127,13 +127,14 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        # (second, its text): one attribute, so two threads formatting at once (one
-        # formatter may serve several handlers, each with its own lock) never mix them up.
-        self._stamp = (-1, "")
+        # (a second, as a float, and its text): one attribute, so two threads formatting
+        # at once (one formatter may serve several handlers, each with its own lock)
+        # never mix them up.
+        self._stamp = (-2.0, "")
 
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", "-")
-        line = self._prefix(record.created, record.msecs, record.levelname, record.name)
+        line = self._prefix(record.created, record.levelname, record.name)
         line += f"[{request_id}] {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -146,20 +147,24 @@ class TextFormatter(logging.Formatter):
     def format_access(self, summary: Summary) -> str:
         """What format() makes of the access line's record, without the record."""
         path = logged_path(summary)
-        created = summary[CREATED]
-        line = self._prefix(created, msecs(created), "INFO", ACCESS_LOG.name)
+        line = self._prefix(summary[CREATED], "INFO", ACCESS_LOG.name)
         line += f"[{summary[REQUEST_ID]}] {access_message(summary, path)}"
         # Scrubbing is checked for by field, remembered: most lines need none.
         return scrub(line) if _access_line_suspect(summary, path) else line
 
-    def _prefix(self, created: float, msecs: float, levelname: str, name: str) -> str:
-        # One line per request: the timestamp is built once a second, not per line.
-        second, stamp = self._stamp
-        if second != int(created):
+    def _prefix(self, created: float, levelname: str, name: str) -> str:
+        # One line per request: the time's text up to the second is made once a second,
+        # and the second is recognised by comparing floats (int() of a float costs more
+        # than the rest of the prefix). The milliseconds are a LogRecord's msecs.
+        start, stamp = self._stamp
+        fraction = created - start
+        if not 0.0 <= fraction < 1.0:
             second = int(created)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._stamp = (second, stamp)
-        return f"{stamp}.{_MILLISECONDS[int(msecs) % 1000]}Z {levelname} {name} "
+            start = float(second)
+            self._stamp = (start, stamp)
+            fraction = created - start
+        return f"{stamp}.{_MILLISECONDS[int(fraction * 1000)]}Z {levelname} {name} "
 
 
 class JsonFormatter(logging.Formatter):

@@ -267,8 +267,9 @@ def access_record(summary: Summary) -> logging.LogRecord:
 
 
 def msecs(created: float) -> float:
-    """The milliseconds of a time, as a LogRecord computes them."""
-    return int((created - int(created)) * 1000) + 0.0
+    """The milliseconds of a time, as a LogRecord computes them (``created % 1.0`` is
+    ``created - int(created)`` exactly, with one int() less)."""
+    return int(created % 1.0 * 1000) + 0.0
 
 
 def _sole_handler() -> logging.Handler | None:
