@@ -157,10 +157,10 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _rendered(self, batch: list[str | list[object]]) -> list[str]:
         lines: list[str] = []
         for line_or_run in batch:
-            if type(line_or_run) is str:
+            if isinstance(line_or_run, str):
                 lines.append(line_or_run)
             else:
-                lines += self.render_run(line_or_run)  # type: ignore[arg-type]
+                lines += self.render_run(line_or_run)
         return lines
 
     def _ensure_flusher(self) -> None:

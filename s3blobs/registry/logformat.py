@@ -240,13 +240,13 @@ class _Handler(BatchingHandler):
         # Not one of ours (given before the line was gathered, or since): it gets the record.
         return self.format(access_record(item)) + self.terminator
 
-    def render_run(self, items: list[object]) -> list[str]:
+    def render_run(self, items: list[Any]) -> list[str]:
         """Access lines handed over one after another, formatted in one go."""
         formatter = _ours(self.formatter)
         if formatter is not None:
             format_access, end = formatter.format_access, self.terminator
             try:
-                return [format_access(item) + end for item in items]  # type: ignore[arg-type]
+                return [format_access(item) + end for item in items]
             except Exception:
                 pass  # one at a time, then: only a line that cannot be rendered is lost
         return super().render_run(items)
