@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,19 @@ def variant_app(variant: str) -> WSGIApp:
 
 
 @contextlib.contextmanager
-def gunicorn(variant: str, endpoint: str, bucket: str, workdir: Path) -> Iterator[tuple[int, int]]:
-    """A gunicorn server of ``variant``; yields its port and its master's pid."""
+def gunicorn(
+    variant: str,
+    endpoint: str,
+    bucket: str,
+    workdir: Path,
+    *,
+    factory: str = "bench.bench_observability:variant_app",
+    wrapper: Sequence[str] = (),
+    seconds: float = 60,
+) -> Iterator[tuple[int, int]]:
+    """A gunicorn server of ``variant`` (its app made by ``factory(variant)``; the
+    command run under ``wrapper``, a tool such as valgrind, which may make it
+    ``seconds`` slow to start and to stop); yields its port and its master's pid."""
     port = free_port()
     environ = s3blobs_environ(endpoint, bucket)
     environ["S3BLOBS_LOG_LEVEL"] = "warning" if variant == "on, no access lines" else "info"
@@ -92,21 +103,22 @@ def gunicorn(variant: str, endpoint: str, bucket: str, workdir: Path) -> Iterato
         metrics.mkdir()
         environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     command = [
+        *wrapper,
         *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1"),
         *("--threads", "4", "--keep-alive", "75", "--no-control-socket"),
-        *("--bind", f"127.0.0.1:{port}"),
-        f"bench.bench_observability:variant_app({variant!r})",
+        *("--timeout", str(round(seconds)), "--bind", f"127.0.0.1:{port}"),
+        f"{factory}({variant!r})",
     ]
     log = (workdir / f"{variant}-{port}.log").open("wb")
     proc = subprocess.Popen(command, env=environ, stdout=log, stderr=log, cwd=ROOT)
     try:
-        wait_for_port(port, proc, f"gunicorn ({variant})", seconds=60)
+        wait_for_port(port, proc, f"gunicorn ({variant})", seconds=seconds)
         while len(process_tree(proc.pid)) < 2:  # gunicorn listens, then starts its worker
             time.sleep(0.1)
         yield port, proc.pid
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=seconds)
         log.close()
 
 
