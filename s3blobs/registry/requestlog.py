@@ -326,11 +326,12 @@ class _Answer:
         exchange = self._exchange
         exchange.status = int(status[:3])
         exchange.headers = headers
-        # The layers inside that add it (the registry app, error answers) spell it as
-        # REQUEST_ID_HEADER does, with the same id (context.request_id).
-        request_id_header = (REQUEST_ID_HEADER, exchange.id)
-        if request_id_header not in headers:
-            headers.append(request_id_header)
+        # The layers inside spell the header as REQUEST_ID_HEADER does.
+        for key, _ in headers:
+            if key == REQUEST_ID_HEADER:
+                break
+        else:
+            headers.append((REQUEST_ID_HEADER, exchange.id))
         return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
