@@ -154,8 +154,8 @@ class TextFormatter(logging.Formatter):
 
     def _prefix(self, created: float, levelname: str, name: str) -> str:
         # One line per request: the time's text up to the second is made once a second,
-        # and the second is recognised by comparing floats (int() of a float costs more
-        # than the rest of the prefix). The milliseconds are a LogRecord's msecs.
+        # and the second is recognised by comparing floats (int() of a float is dear:
+        # one is left, for the milliseconds, which are a LogRecord's msecs).
         start, stamp = self._stamp
         fraction = created - start
         if not 0.0 <= fraction < 1.0:
