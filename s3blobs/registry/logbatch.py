@@ -52,8 +52,6 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str | list[object]] = []
         self._size = 0
         self._handed_over: deque[object] = deque()  # items to render, not yet in _lines
-        # Past this many items handed over, the one who hands one more writes the batch.
-        self._most_handed_over = max(1, max_bytes // RENDERED_SIZE)
         self._closed = False
         self._gathering = threading.Event()  # set when the first line of a batch arrives
         self._closing = threading.Event()  # wakes a flusher waiting for its batch to gather
@@ -74,13 +72,14 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         the lock (any thread, any time: see the module)."""
         handed_over = self._handed_over
         handed_over.append(item)
-        if len(handed_over) >= self._most_handed_over or self._closed:
+        # The batch's size as gather() counts it (read without the lock: a write may be
+        # a line late, never lost).
+        if self._size + RENDERED_SIZE * len(handed_over) >= self.max_bytes or self._closed:
             self.flush()
         elif not self._gathering.is_set():
             # Cleared by the flusher before it drains the deque, so an item appended
             # meanwhile is either in that write or sets it again.
-            self._ensure_flusher()
-            self._gathering.set()
+            self._wake_flusher()
 
     def gather(self, line: object, level: int) -> None:
         """Add a formatted line (a str, its terminator included), or an item ``render``
@@ -95,9 +94,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._size += RENDERED_SIZE
         if level >= logging.WARNING or self._size >= self.max_bytes or self._closed:
             self._write()
-        elif len(lines) == 1:  # a new batch: the flusher writes it within max_delay
-            self._ensure_flusher()
-            self._gathering.set()
+        elif len(lines) == 1:  # a new batch
+            self._wake_flusher()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -163,17 +161,19 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 lines += self.render_run(line_or_run)
         return lines
 
-    def _ensure_flusher(self) -> None:
-        if self._flusher is not None:
-            return
-        with self.lock:  # type: ignore[union-attr]
-            # hand_over calls this without the lock: two threads may both have found none.
-            if self._flusher is None:
-                flusher = threading.Thread(
-                    target=self._flush_batches, name="s3blobs-log", daemon=True
-                )
-                self._flusher = flusher
-                flusher.start()
+    def _wake_flusher(self) -> None:
+        """A batch has begun: the flusher (started here if there is none) writes it
+        within max_delay."""
+        if self._flusher is None:
+            with self.lock:  # type: ignore[union-attr]
+                # hand_over calls this without the lock: two threads may both find none.
+                if self._flusher is None:
+                    flusher = threading.Thread(
+                        target=self._flush_batches, name="s3blobs-log", daemon=True
+                    )
+                    self._flusher = flusher
+                    flusher.start()
+        self._gathering.set()
 
     def _flush_batches(self) -> None:
         while True:
