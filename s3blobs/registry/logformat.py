@@ -185,11 +185,11 @@ class JsonFormatter(logging.Formatter):
 
     def format_access(self, summary: Summary) -> str:
         """What format() makes of the access line's record, without the record."""
-        created = summary[CREATED]
+        created, path = summary[CREATED], logged_path(summary)
         line = self._fields(created, msecs(created), "INFO", ACCESS_LOG.name)
         line["request_id"] = summary[REQUEST_ID]
-        line["message"] = scrub(access_message(summary))
-        line.update(_scrubbed_fields(summary))
+        line["message"] = scrub(access_message(summary, path))
+        line.update(_scrubbed_fields(summary, path))
         return json.dumps(line)
 
     @staticmethod
@@ -198,9 +198,9 @@ class JsonFormatter(logging.Formatter):
         return {"time": f"{stamp}.{int(msecs):03d}Z", "level": levelname, "logger": name}
 
 
-def _scrubbed_fields(summary: Summary) -> dict[str, Any]:
+def _scrubbed_fields(summary: Summary, logged: str | None = None) -> dict[str, Any]:
     """The access line's fields; the path and user scrubbed as the message is."""
-    fields = access_fields(summary)
+    fields = access_fields(summary, logged)
     fields["path"], fields["user"] = scrub(fields["path"]), scrub(fields["user"])
     return fields
 

@@ -158,11 +158,11 @@ def access_message(summary: Summary, logged: str | None = None) -> str:
     )
 
 
-def access_fields(summary: Summary) -> dict[str, Any]:
-    """The access line's fields, for a structured log."""
+def access_fields(summary: Summary, logged: str | None = None) -> dict[str, Any]:
+    """The access line's fields, for a structured log (``logged``: as for access_message)."""
     return {
         "method": summary[METHOD],
-        "path": logged_path(summary),
+        "path": logged_path(summary) if logged is None else logged,
         "status": summary[STATUS],
         "bytes_in": summary[BYTES_IN],
         "bytes_out": summary[BYTES_OUT],
