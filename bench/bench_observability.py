@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,12 @@ def gunicorn(
     factory: str = "bench.bench_observability:variant_app",
     wrapper: Sequence[str] = (),
     seconds: float = 60,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """A gunicorn server of ``variant`` (its app made by ``factory(variant)``; the
     command run under ``wrapper``, a tool such as valgrind, which may make it
-    ``seconds`` slow to start and to stop); yields its port and its master's pid."""
+    ``seconds`` slow to start and to stop; ``settings``: environment variables set
+    besides); yields its port and its master's pid."""
     port = free_port()
     environ = s3blobs_environ(endpoint, bucket)
     environ["S3BLOBS_LOG_LEVEL"] = "warning" if variant == "on, no access lines" else "info"
@@ -102,6 +104,7 @@ def gunicorn(
         metrics = workdir / f"metrics-{port}"
         metrics.mkdir()
         environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    environ.update(settings or {})
     command = [
         *wrapper,
         *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1"),

@@ -37,7 +37,7 @@ from s3blobs.registry.logformat import (
     install_logging,
     uninstall_logging,
 )
-from s3blobs.registry.requestlog import Exchange, RequestLog, Summary, access_record
+from s3blobs.registry.requestlog import DURATION, Exchange, RequestLog, Summary, access_record
 from s3blobs.registry.settings import OperationsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,6 +349,39 @@ def test_the_direct_text_line_is_scrubbed_as_the_records_line(
     exchange = Exchange(environ)
     exchange.status = 200
     summary = exchange.finish()
-    assert TextFormatter().format_access(summary) == TextFormatter().format(
-        access_record(summary)
-    )
+    assert TextFormatter().format_access(summary) == TextFormatter().format(access_record(summary))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.integers(100, 599),
+    bytes_in=st.integers(0, 2**40),
+    bytes_out=st.integers(0, 2**40),
+    duration=st.floats(0, 3600, allow_nan=False),
+    s3_requests=st.integers(0, 5000),
+)
+def test_the_numbers_of_the_direct_text_line_are_the_records_and_plain_decimals(
+    status: int, bytes_in: int, bytes_out: int, duration: float, s3_requests: int
+) -> None:
+    """The access line's numbers are looked up when small and made when not: either
+    way the line written straight from the summary is the record's, each number is its
+    decimal text, and the duration is in milliseconds to a tenth (half up)."""
+    environ = EnvironBuilder(path="/v2/", headers={"X-Request-Id": "n-1"}).get_environ()
+    exchange = Exchange(environ)
+    exchange.status, exchange.bytes_in, exchange.bytes_out = status, bytes_in, bytes_out
+    exchange.s3_requests = s3_requests
+    exchange.started -= duration
+    summary = exchange.finish()
+    line = TextFormatter().format_access(summary)
+    assert line == TextFormatter().format(access_record(summary))
+    *_, status_text, received, sent, took, asked, who = line.split(" ")
+    assert [status_text, received, sent, asked, who] == [
+        str(status),
+        f"in={bytes_in}",
+        f"out={bytes_out}",
+        f"s3={s3_requests}",
+        "user=-",
+    ]
+    whole, tenth = took.removesuffix("ms").split(".")
+    assert len(tenth) == 1
+    assert abs(int(whole) + int(tenth) / 10 - summary[DURATION] * 1000) <= 0.05 + 1e-6

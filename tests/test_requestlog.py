@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,7 +30,13 @@ from oci import image_layout
 from s3blobs import Config, DescriptorCacheFactory, S3BlobStorage
 from s3blobs.registry import make_app
 from s3blobs.registry.auth.wsgi import IDENTITY
-from s3blobs.registry.requestlog import REQUEST_ID, USER, Exchange
+from s3blobs.registry.requestlog import (
+    REQUEST_ID,
+    USER,
+    Exchange,
+    RequestLog,
+    current_exchange,
+)
 
 TEXT_LINE = re.compile(
     r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO s3blobs\.access \[(?P<id>[\w.:-]+)\] "
@@ -306,3 +313,32 @@ def test_what_is_kept_of_a_finished_request_is_not_tracked_by_the_garbage_collec
     gc.collect(0)
     assert not gc.is_tracked(summary)
     assert summary[REQUEST_ID] == "kept-1" and summary[USER] == "alice"
+
+
+def test_a_request_is_current_from_its_call_until_the_server_closes_its_answer() -> None:
+    """The exchange is made current once, when the app is called, and stays so while the
+    server sends the body (the app's code runs then) until it closes the answer; an app
+    that raises ends it at once. Either way nothing of it is left in the thread."""
+    seen: list[str | None] = []
+
+    def body() -> Iterator[bytes]:
+        exchange = current_exchange()
+        seen.append(exchange.id if exchange is not None else None)
+        yield b"chunk"
+
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body()
+
+    def failing(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        raise RuntimeError("the app fails")
+
+    environ = EnvironBuilder(path="/v2/", headers={"X-Request-Id": "current-1"}).get_environ()
+    answer = RequestLog(streaming)(environ, lambda *_: None)
+    assert current_exchange() is not None  # called, not yet sent
+    assert b"".join(answer) == b"chunk" and seen == ["current-1"]
+    answer.close()  # type: ignore[attr-defined]
+    assert current_exchange() is None
+    with pytest.raises(RuntimeError):
+        RequestLog(failing)(EnvironBuilder(path="/v2/").get_environ(), lambda *_: None)
+    assert current_exchange() is None

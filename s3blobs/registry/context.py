@@ -24,10 +24,10 @@ _random_bits = random.getrandbits
 
 def request_id(environ: dict[str, Any]) -> str:
     """This request's id; the first layer that asks assigns it."""
-    rid = environ.get(REQUEST_ID)
+    rid: str | None = environ.get(REQUEST_ID)  # only this function puts it there
     if rid is None:
         sent = environ.get("HTTP_X_REQUEST_ID")
         # 32 hex digits; to_bytes().hex() costs half of formatting the number with a width.
         rid = sent if sent and _VALID.fullmatch(sent) else _random_bits(128).to_bytes(16).hex()
         environ[REQUEST_ID] = rid
-    return str(rid)
+    return rid

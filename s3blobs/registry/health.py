@@ -106,17 +106,19 @@ def _probe_client(config: Config, timeout: float) -> Any:
 class HealthEndpoint:
     """WSGI layer answering GET/HEAD /healthz before the registry (no auth, no route)."""
 
-    def __init__(self, app: Any, check: HealthCheck) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], check: HealthCheck) -> None:
         self.app = app
         self.check = check
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        # Every request passes here: the path alone, then, tells the rest apart.
+        if environ.get("PATH_INFO") != HEALTH_PATH:
+            return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD")
-        if environ.get("PATH_INFO") != HEALTH_PATH or method not in ("GET", "HEAD"):
-            result: Iterable[bytes] = self.app(environ, start_response)
-            return result
+        if method not in ("GET", "HEAD"):
+            return self.app(environ, start_response)
         healthy, reason = self.check.status()
         body = json.dumps(
             {"status": "ok"} if healthy else {"status": "unavailable", "reason": reason}

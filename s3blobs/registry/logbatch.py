@@ -4,16 +4,16 @@ A registry writes a line per request; written one at a time, each costs a write
 syscall and a flush, which in a gunicorn worker (threads handing the GIL to one
 another) was the larger part of what the access line cost. :class:`BatchingHandler`
 keeps lines in memory and writes them together: when
-``max_bytes`` have gathered, when a small flusher thread finds lines older than
-``max_delay`` seconds (so an idle server's last lines still appear promptly), and at
-once, after what was gathered before it, for a WARNING or worse (problems are never
+``max_bytes`` have gathered, when a small flusher thread wakes (every ``max_delay``
+seconds: a line is never later than that, an idle server's last lines included), and
+at once, after what was gathered before it, for a WARNING or worse (problems are never
 late). ``flush()`` and ``close()`` write what is left, and so does ``logging.shutdown``
 at interpreter exit (a gunicorn worker's graceful exit on SIGTERM runs it).
 
 A batch may also hold items to be formatted only when it is written (``render``: the
 finished request of an access line, see logformat), handed over with ``hand_over``
 without the handler's lock (an append to a ``collections.deque`` is atomic): that is
-all an access line costs the request. The flusher finds them within ``max_delay``;
+all an access line costs the request. The flusher writes them within ``max_delay``;
 a line gathered later (under the lock) moves them into the batch first, so lines are
 written in the order they came.
 """
@@ -50,11 +50,10 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.max_bytes = max_bytes
         # Formatted lines (str), and runs of items to render (a list, rendered together).
         self._lines: list[str | list[object]] = []
-        self._size = 0
         self._handed_over: deque[object] = deque()  # items to render, not yet in _lines
         self._closed = False
-        self._gathering = threading.Event()  # set when the first line of a batch arrives
-        self._closing = threading.Event()  # wakes a flusher waiting for its batch to gather
+        self._set_size(0)
+        self._closing = threading.Event()  # wakes the flusher to end
         self._flusher: threading.Thread | None = None
         _HANDLERS.add(self)
 
@@ -72,14 +71,12 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         the lock (any thread, any time: see the module)."""
         handed_over = self._handed_over
         handed_over.append(item)
-        # The batch's size as gather() counts it (read without the lock: a write may be
-        # a line late, never lost).
-        if self._size + RENDERED_SIZE * len(handed_over) >= self.max_bytes or self._closed:
+        # The batch is full by the size gather() counts, or the handler closed (read
+        # without the lock: a write may be a line late, never lost).
+        if len(handed_over) >= self._room:
             self.flush()
-        elif not self._gathering.is_set():
-            # Cleared by the flusher before it drains the deque, so an item appended
-            # meanwhile is either in that write or sets it again.
-            self._wake_flusher()
+        elif self._flusher is None:
+            self._start_flusher()
 
     def gather(self, line: object, level: int) -> None:
         """Add a formatted line (a str, its terminator included), or an item ``render``
@@ -88,14 +85,14 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._take_handed_over()  # they came first
         if type(line) is str:
             lines.append(line)
-            self._size += len(line)
+            self._set_size(self._size + len(line))
         else:
             lines.append([line])
-            self._size += RENDERED_SIZE
-        if level >= logging.WARNING or self._size >= self.max_bytes or self._closed:
+            self._set_size(self._size + RENDERED_SIZE)
+        if level >= logging.WARNING or self._room <= 0:
             self._write()
-        elif len(lines) == 1:  # a new batch
-            self._wake_flusher()
+        elif self._flusher is None:
+            self._start_flusher()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -105,8 +102,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             self._write()
             self._closed = True
+            self._set_size(0)  # no room left: whatever comes now is written at once
         self._closing.set()  # the flusher sees it and ends
-        self._gathering.set()
         flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join(timeout=self.max_delay + 5)
@@ -134,7 +131,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if self._handed_over:
             run = drain(self._handed_over)
             self._lines.append(run)
-            self._size += RENDERED_SIZE * len(run)
+            self._set_size(self._size + RENDERED_SIZE * len(run))
 
     def _write(self) -> None:
         """Write what has gathered, in one write and one flush (called under self.lock)."""
@@ -144,7 +141,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         text = "".join(self._rendered(self._lines))
         count = len(self._lines)
         self._lines.clear()
-        self._size = 0
+        self._set_size(0)
         try:
             self.stream.write(text)
             self.stream.flush()
@@ -161,38 +158,37 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 lines += self.render_run(line_or_run)
         return lines
 
-    def _wake_flusher(self) -> None:
-        """A batch has begun: the flusher (started here if there is none) writes it
-        within max_delay."""
-        if self._flusher is None:
-            with self.lock:  # type: ignore[union-attr]
-                # hand_over calls this without the lock: two threads may both find none.
-                if self._flusher is None:
-                    flusher = threading.Thread(
-                        target=self._flush_batches, name="s3blobs-log", daemon=True
-                    )
-                    self._flusher = flusher
-                    flusher.start()
-        self._gathering.set()
+    def _set_size(self, size: int) -> None:
+        """The batch's size (in bytes, an item still to render counted as RENDERED_SIZE),
+        and how many more items fill it (none, once closed): hand_over compares a count."""
+        self._size = size
+        self._room = 0 if self._closed else -((size - self.max_bytes) // RENDERED_SIZE)
+
+    def _start_flusher(self) -> None:
+        """A batch has begun: start the flusher (there is none before the first line, nor
+        after a fork), which writes it within max_delay."""
+        with self.lock:  # type: ignore[union-attr]
+            # Called without the lock: two threads may both have found none.
+            if self._flusher is None and not self._closed:
+                flusher = threading.Thread(
+                    target=self._flush_batches, name="s3blobs-log", daemon=True
+                )
+                self._flusher = flusher
+                flusher.start()
 
     def _flush_batches(self) -> None:
-        while True:
-            self._gathering.wait()
-            # Let the batch gather: its first line is at most max_delay old when written.
-            if self._closing.wait(self.max_delay):
-                return  # close() wrote what there was
-            # Cleared before writing: a line that comes after the write finds the buffer
-            # empty and sets it again; one that comes before is in this write.
-            self._gathering.clear()
-            self.flush()
+        # Wakes every max_delay (the request path never wakes it: that would cost every
+        # line a check), and writes what has gathered.
+        while not self._closing.wait(self.max_delay):
+            if self._lines or self._handed_over:
+                self.flush()
 
     def _after_fork_in_child(self) -> None:
         # The parent writes the lines it had gathered; the child starts empty, and
-        # without a flusher (threads do not survive a fork): the next batch starts one.
+        # without a flusher (threads do not survive a fork): the next line starts one.
         self._lines = []
-        self._size = 0
         self._handed_over = deque()
-        self._gathering = threading.Event()
+        self._set_size(0)
         self._closing = threading.Event()
         self._flusher = None
 

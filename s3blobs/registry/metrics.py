@@ -140,11 +140,13 @@ class RegistryMetrics:
 
     def observe(self, exchange: Exchange) -> None:
         """Note the request (folded into the metrics within a second, see metricfold)."""
-        assert exchange.summary is not None, "observed before it finished"
-        _ANSWERED.append(exchange.summary)
+        summary = exchange.summary
+        assert summary is not None, "observed before it finished"
+        _ANSWERED.append(summary)
         if exchange.status in (401, 403):
             _REFUSED.append(_auth_failure(exchange, exchange.status))
-        FOLDER.ensure_running()
+        if not FOLDER.running:
+            FOLDER.ensure_running()
         if len(_ANSWERED) > _MAX_PENDING:
             FOLDER.fold()
 
@@ -293,7 +295,8 @@ def _attempt_answered(
     """One HTTP attempt answered (or failed to be): what S3 itself would count."""
     outcome = s3_outcome(response_dict, parsed_response, exception)
     _S3_ATTEMPTS.append((event_name.rpartition(".")[2], outcome))
-    FOLDER.ensure_running()
+    if not FOLDER.running:
+        FOLDER.ensure_running()
     exchange = current_exchange()
     if exchange is not None:
         exchange.s3_requests += 1

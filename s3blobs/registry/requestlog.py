@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, quote
 from .auth.wsgi import IDENTITY
 from .context import REQUEST_ID_HEADER, request_id
 from .routes import HEALTH_PATH, match_route
+from .routes import ROUTE as _MATCHED
 
 ACCESS_LOG = logging.getLogger("s3blobs.access")
 log = logging.getLogger(__name__)
@@ -65,78 +66,123 @@ USER: Final = 10
 ROUTE: Final = 11
 
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+_UNMATCHED = object()  # no route looked up yet
 
 
 class Exchange:
     """One request and its answer, as the operator sees it, while it is served; once
-    answered, :meth:`finish` sums it up (``summary``)."""
+    answered, :meth:`finish` sums it up (``summary``, which the properties read). It is
+    also the answer on its way to the server (one object a request): its
+    start_response notes the status and adds the request id, its body is counted as it
+    is sent, and close() finishes it."""
 
     __slots__ = (
+        "_observers",
+        "_start_response",
+        "_token",
+        "body",
         "bytes_in",
         "bytes_out",
-        "duration",
         "environ",
         "headers",
         "id",
-        "method",
-        "params",
-        "path",
-        "query",
-        "route",
         "s3_requests",
         "started",
         "status",
         "summary",
-        "user",
     )
 
-    def __init__(self, environ: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any] | None = None,
+        observers: tuple[Observer, ...] = (),
+    ) -> None:
+        # RequestLog gives the server's start_response and its observers; a test may
+        # make one of its own and finish() it.
         self.environ = environ
         self.id = request_id(environ)
-        self.method: str = environ.get("REQUEST_METHOD", "GET")
-        self.path: str = environ.get("PATH_INFO", "") or "/"
-        self.query: str = environ.get("QUERY_STRING", "")
         self.started = time.perf_counter()
         self.status = 0
         self.headers: Sequence[tuple[str, str]] = ()
         self.bytes_in = 0
         self.bytes_out = 0
         self.s3_requests = 0
-        # Set by finish():
-        self.duration = 0.0  # seconds
-        self.user = "-"  # who authentication said this is; '-': anonymous
-        self.route = "unknown"  # the API route's name ('blob', 'manifest', ...), 'healthz'
-        self.params: Mapping[str, str] = _NO_PARAMS  # what the route's pattern matched
+        self.body: Iterable[bytes] = ()
         self.summary: Summary | None = None
+        self._start_response = start_response or _not_served
+        self._observers = observers
+        self._token: Token[Exchange | None] | None = None
 
     def finish(self) -> Summary:
         """The answer is sent: note how long it took, who asked (authentication has run)
         and the route, and sum it up."""
-        self.duration = time.perf_counter() - self.started
         environ = self.environ
         name = getattr(environ.get(IDENTITY), "name", None)
-        if name:
-            self.user = str(name)
-        matched = match_route(environ)  # matched by routing already, kept in the environ
+        # Matched by routing already, kept in the environ (looked up here: a call less).
+        matched = environ.get(_MATCHED, _UNMATCHED)
+        if matched is _UNMATCHED:
+            matched = match_route(environ)
+        path = environ.get("PATH_INFO", "") or "/"
         if matched is not None:
-            self.route, self.params = matched.route.name, matched.params
-        elif self.path == HEALTH_PATH:
-            self.route = "healthz"
+            route = matched.route.name
+        else:
+            route = "healthz" if path == HEALTH_PATH else "unknown"
         summary = self.summary = (
             time.time(),
             self.id,
-            self.method,
-            self.path,
-            self.query,
+            environ["REQUEST_METHOD"],
+            path,
+            environ.get("QUERY_STRING", ""),
             self.status,
             self.bytes_in,
             self.bytes_out,
-            self.duration,
+            time.perf_counter() - self.started,
             self.s3_requests,
-            self.user,
-            self.route,
+            str(name) if name else "-",
+            route,
         )
         return summary
+
+    # Once finished: what the summary says, and what the route matched.
+
+    @property
+    def method(self) -> str:
+        return self._summary[METHOD]
+
+    @property
+    def path(self) -> str:
+        return self._summary[PATH]
+
+    @property
+    def query(self) -> str:
+        return self._summary[QUERY]
+
+    @property
+    def duration(self) -> float:
+        """Seconds."""
+        return self._summary[DURATION]
+
+    @property
+    def user(self) -> str:
+        """Who authentication said this is; '-': anonymous."""
+        return self._summary[USER]
+
+    @property
+    def route(self) -> str:
+        """The API route's name ('blob', 'manifest', ...), 'healthz', or 'unknown'."""
+        return self._summary[ROUTE]
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """What the route's pattern matched."""
+        matched = match_route(self.environ)
+        return matched.params if matched is not None else _NO_PARAMS
+
+    @property
+    def _summary(self) -> Summary:
+        assert self.summary is not None, "not finished"
+        return self.summary
 
     def header(self, name: str) -> str | None:
         """A response header, or None."""
@@ -146,15 +192,89 @@ class Exchange:
                 return value
         return None
 
+    # The answer, as the server sees it ----------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        self.status = int(status[:3])
+        self.headers = headers
+        # The layers inside spell the header as REQUEST_ID_HEADER does, and add it
+        # last but for the security headers: looked for from the end.
+        for key, _ in reversed(headers):
+            if key == REQUEST_ID_HEADER:
+                break
+        else:
+            headers.append((REQUEST_ID_HEADER, self.id))
+        return self._start_response(status, headers, exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        # map, not a generator: no frame of ours to make and finish for a body that has
+        # nothing to send (a HEAD's), and a call per chunk for one that has.
+        return map(self._counted, self.body)
+
+    def _counted(self, chunk: bytes) -> bytes:
+        self.bytes_out += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """The server is done with the answer: whatever it had to send is sent (for a
+        HEAD, the headers go out only after the last iteration). Close the app's body,
+        then (once) finish: write the access line and tell the observers. The exchange
+        is current until then (see RequestLog), so what they log carries its id."""
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self.summary is None:
+                summary = self.finish()
+                if ACCESS_LOG.isEnabledFor(logging.INFO):
+                    write = getattr(_sole_handler(), "write_access_line", None)
+                    if write is None or not write(summary):
+                        ACCESS_LOG.handle(access_record(summary))
+                for observe in self._observers:
+                    try:
+                        observe(self)
+                    except Exception:
+                        # Watching the registry must never break it.
+                        log.exception("observer %r failed", observe)
+            token = self._token
+            if token is not None:
+                self._token = None
+                # try/except, not contextlib.suppress: a context manager a request less.
+                try:  # noqa: SIM105
+                    _current.reset(token)
+                except ValueError:  # closed from another context (by garbage collection)
+                    pass
+
+
+class _NumberText(dict[int, str]):
+    """str(n), looked up: formatting a number costs some ten times as much, and an
+    access line has five. Filled with the small ones, most of what is logged; any other
+    is made when asked for."""
+
+    def __missing__(self, number: int) -> str:
+        return str(number)
+
+
+NUMBER_TEXT = _NumberText((number, str(number)) for number in range(1000))
+DIGITS = "0123456789"
+
 
 def access_message(summary: Summary, logged: str | None = None) -> str:
-    """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``
-    (``logged``: logged_path(summary), when the caller has it already)."""
-    _, _, method, _, _, status, bytes_in, bytes_out, duration, s3_requests, user, _ = summary
-    path = logged_path(summary) if logged is None else logged
+    """The access line's message: ``GET /v2/ 200 in=0 out=2 0.4ms s3=0 user=-``, the
+    duration in milliseconds rounded to a tenth, half up (``logged``: the logged path,
+    when the caller has it already). TextFormatter.format_access_lines writes it too,
+    inline (a call a line less); a test holds the two equal."""
+    _, _, method, path, query, status, bytes_in, bytes_out, duration, s3_requests, user, _ = summary
+    if logged is None:
+        logged = logged_path(path, query)
+    tenths = int(duration * 10000.0 + 0.5)  # of a millisecond
     return (
-        f"{method} {path} {status} in={bytes_in} out={bytes_out} "
-        f"{duration * 1000:.1f}ms s3={s3_requests} user={user}"
+        f"{method} {logged} {NUMBER_TEXT[status]} in={NUMBER_TEXT[bytes_in]} "
+        f"out={NUMBER_TEXT[bytes_out]} {NUMBER_TEXT[tenths // 10]}.{DIGITS[tenths % 10]}ms "
+        f"s3={NUMBER_TEXT[s3_requests]} user={user}"
     )
 
 
@@ -162,7 +282,7 @@ def access_fields(summary: Summary, logged: str | None = None) -> dict[str, Any]
     """The access line's fields, for a structured log (``logged``: as for access_message)."""
     return {
         "method": summary[METHOD],
-        "path": logged_path(summary) if logged is None else logged,
+        "path": logged_path(summary[PATH], summary[QUERY]) if logged is None else logged,
         "status": summary[STATUS],
         "bytes_in": summary[BYTES_IN],
         "bytes_out": summary[BYTES_OUT],
@@ -172,24 +292,19 @@ def access_fields(summary: Summary, logged: str | None = None) -> dict[str, Any]
     }
 
 
-def logged_path(summary: Summary) -> str:
+# Remembered: a registry is asked for the same few paths over and over.
+@functools.lru_cache(maxsize=4096)
+def logged_path(path: str, query: str) -> str:
     """The path (percent-encoded again, so a decoded newline cannot forge a line)
     and the API's own query parameters; other values are REDACTED."""
-    path = _quoted_path(summary[PATH])
-    query = summary[QUERY]
+    quoted = quote(path, safe=_PATH_SAFE)
     if not query:
-        return path
+        return quoted
     pairs = [
         f"{quote(key)}={quote(value, safe=':') if key in LOGGED_PARAMETERS else MASK}"
         for key, value in parse_qsl(query, keep_blank_values=True)
     ]
-    return path + "?" + "&".join(pairs)
-
-
-@functools.lru_cache(maxsize=1024)
-def _quoted_path(path: str) -> str:
-    # Remembered: a registry is asked for the same few paths over and over.
-    return quote(path, safe=_PATH_SAFE)
+    return quoted + "?" + "&".join(pairs)
 
 
 _current: ContextVar[Exchange | None] = ContextVar("s3blobs_exchange", default=None)
@@ -214,38 +329,23 @@ class RequestLog:
         # current_exchange()): the environ holds no reference back to it, so a request
         # leaves no reference cycle, and its memory is freed at once, not by the
         # cyclic garbage collector.
-        exchange = Exchange(environ)
+        exchange = Exchange(environ, start_response, self.observers)
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get(
             "HTTP_TRANSFER_ENCODING"
         ):
             environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], exchange)
-
-        answer = _Answer(exchange, start_response, self.finish)
-        token = _current.set(exchange)
+        # Current from here until the server closes the answer (Exchange.close resets
+        # it): the app's code that runs as a streamed body is sent, and close(), are
+        # served by the same thread, in the same context. Set once a request, not again
+        # around each part.
+        exchange._token = _current.set(exchange)
         try:
-            answer.body = self.app(environ, answer.start_response)
+            exchange.body = self.app(environ, exchange.start_response)
         except BaseException:
             exchange.status = exchange.status or 500
-            self.finish(exchange)
+            exchange.close()
             raise
-        finally:
-            _current.reset(token)  # set in this frame: the same context
-        return answer
-
-    def finish(self, exchange: Exchange) -> None:
-        """The answer is sent (or abandoned): log it, then tell the observers. Called
-        with the exchange current, so what they log carries its id."""
-        summary = exchange.finish()
-        if ACCESS_LOG.isEnabledFor(logging.INFO):
-            write = getattr(_sole_handler(), "write_access_line", None)
-            if write is None or not write(summary):
-                ACCESS_LOG.handle(access_record(summary))
-        for observe in self.observers:
-            try:
-                observe(exchange)
-            except Exception:
-                # Watching the registry must never break it.
-                log.exception("observer %r failed", observe)
+        return exchange
 
 
 def access_record(summary: Summary) -> logging.LogRecord:
@@ -272,6 +372,10 @@ def msecs(created: float) -> float:
     return int(created % 1.0 * 1000) + 0.0
 
 
+def _not_served(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    raise RuntimeError("an Exchange made without RequestLog has no server to answer")
+
+
 def _sole_handler() -> logging.Handler | None:
     """The handler an access record would reach, when it would reach that one only,
     unfiltered by its logger. Such a handler may write the line straight from the
@@ -289,84 +393,6 @@ def _sole_handler() -> logging.Handler | None:
             found = handler
         logger = logger.parent if logger.propagate else None
     return found
-
-
-def _reset(token: Token[Exchange | None]) -> None:
-    # try/except, not contextlib.suppress: this runs once a streamed body, and suppress
-    # costs a context manager each time.
-    try:  # noqa: SIM105
-        _current.reset(token)
-    except ValueError:  # a body closed from another context (by garbage collection)
-        pass
-
-
-class _Answer:
-    """The app's answer on its way to the server: its start_response notes the status
-    and adds the request id, its body is counted as it is sent (with the exchange
-    current), and close() finishes the exchange, once. One object a request, where a
-    closure and a body wrapper were two."""
-
-    __slots__ = ("_exchange", "_finish", "_finished", "_start_response", "body")
-
-    def __init__(
-        self,
-        exchange: Exchange,
-        start_response: Callable[..., Any],
-        finish: Callable[[Exchange], None],
-    ) -> None:
-        self._exchange = exchange
-        self._start_response = start_response
-        self._finish = finish
-        self._finished = False
-        self.body: Iterable[bytes] = ()
-
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Any:
-        exchange = self._exchange
-        exchange.status = int(status[:3])
-        exchange.headers = headers
-        # The layers inside spell the header as REQUEST_ID_HEADER does.
-        for key, _ in headers:
-            if key == REQUEST_ID_HEADER:
-                break
-        else:
-            headers.append((REQUEST_ID_HEADER, exchange.id))
-        return self._start_response(status, headers, exc_info)
-
-    def __iter__(self) -> Iterator[bytes]:
-        body = self.body
-        if type(body) is list or type(body) is tuple:
-            # Sending a list runs none of the app's code: counted at once, and iterated
-            # by the server without a generator of ours in between.
-            self._exchange.bytes_out += sum(map(len, body))
-            return iter(body)
-        return self._streamed(body)
-
-    def _streamed(self, body: Iterable[bytes]) -> Iterator[bytes]:
-        # The app's code runs as the body is produced: with the exchange current.
-        exchange = self._exchange
-        token = _current.set(exchange)
-        try:
-            for chunk in body:
-                exchange.bytes_out += len(chunk)
-                yield chunk
-        finally:
-            _reset(token)
-
-    def close(self) -> None:
-        """The server is done with the answer: whatever it had to send is sent (for a
-        HEAD, the headers go out only after the last iteration), so finish now."""
-        token = _current.set(self._exchange)
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if not self._finished:
-                self._finished = True
-                self._finish(self._exchange)
-            _current.reset(token)  # set in this frame: the same context
 
 
 class _CountingInput:
