@@ -20,7 +20,7 @@ from s3blobs.registry import metrics
 from s3blobs.registry.context import request_id
 from s3blobs.registry.metricfold import observe_all
 from s3blobs.registry.metrics import RegistryMetrics, fold_metrics
-from s3blobs.registry.requestlog import Exchange
+from s3blobs.registry.requestlog import DURATION, Exchange
 
 # Request ids -------------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ def test_two_threads_and_a_folder_lose_and_double_nothing(storage: S3BlobStorage
 
     def serve() -> None:
         exchange = _exchange()
-        durations.append(exchange.duration)
+        durations.append(exchange.finished[DURATION])
         for _ in range(each):
             observer.observe(exchange)
 

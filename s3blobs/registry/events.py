@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..paths import is_valid_tag
 from ..storage import S3BlobStorage
 from .metrics import EVENTS_DROPPED, EVENTS_SENT
-from .requestlog import Exchange
+from .requestlog import METHOD, QUERY, ROUTE, STATUS, USER, Exchange
 from .settings import EVERY_ENDPOINT, OperationsSettings
 
 EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
@@ -94,7 +94,8 @@ class Notifier:
     # What happened ---------------------------------------------------------------------
 
     def event_for(self, exchange: Exchange) -> dict[str, Any] | None:
-        route, method, status = exchange.route, exchange.method, exchange.status
+        summary = exchange.finished
+        route, method, status = summary[ROUTE], summary[METHOD], summary[STATUS]
         params = exchange.params
         name = params.get("name", "")
         if route == "manifest":
@@ -121,7 +122,7 @@ class Notifier:
                 target = self._descriptor(exchange.header("Content-Type") or "", None, digest)
                 return self._event("pull", exchange, name, target, "blobs", digest)
         elif route == "uploads" and method == "POST" and status == 201:
-            query = dict(parse_qsl(exchange.query))
+            query = dict(parse_qsl(summary[QUERY]))
             if "mount" in query and "from" in query:
                 target = {"digest": query["mount"], "fromRepository": query["from"]}
                 return self._event("mount", exchange, name, target, "blobs", query["mount"])
@@ -153,7 +154,8 @@ class Notifier:
         if target.get("digest") and action != "delete":
             scheme = environ.get("wsgi.url_scheme", "http")
             target["url"] = f"{scheme}://{host}/v2/{name}/{kind}/{target['digest']}"
-        actor = {"name": exchange.user} if exchange.user != "-" else {}
+        summary = exchange.finished
+        actor = {"name": summary[USER]} if summary[USER] != "-" else {}
         event = {
             "id": str(uuid.uuid4()),
             "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
@@ -163,7 +165,7 @@ class Notifier:
                 "id": exchange.id,
                 "addr": str(environ.get("REMOTE_ADDR", "")),
                 "host": host,
-                "method": exchange.method,
+                "method": summary[METHOD],
                 "useragent": str(environ.get("HTTP_USER_AGENT", "")),
             },
             "actor": actor,

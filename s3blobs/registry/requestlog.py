@@ -71,7 +71,7 @@ _UNMATCHED = object()  # no route looked up yet
 
 class Exchange:
     """One request and its answer, as the operator sees it, while it is served; once
-    answered, :meth:`finish` sums it up (``summary``, which the properties read). It is
+    answered, :meth:`finish` sums it up (``summary``). It is
     also the answer on its way to the server (one object a request): its
     start_response notes the status and adds the request id, its body is counted as it
     is sent, and close() finishes it."""
@@ -144,45 +144,17 @@ class Exchange:
         )
         return summary
 
-    # Once finished: what the summary says, and what the route matched.
-
     @property
-    def method(self) -> str:
-        return self._summary[METHOD]
-
-    @property
-    def path(self) -> str:
-        return self._summary[PATH]
-
-    @property
-    def query(self) -> str:
-        return self._summary[QUERY]
-
-    @property
-    def duration(self) -> float:
-        """Seconds."""
-        return self._summary[DURATION]
-
-    @property
-    def user(self) -> str:
-        """Who authentication said this is; '-': anonymous."""
-        return self._summary[USER]
-
-    @property
-    def route(self) -> str:
-        """The API route's name ('blob', 'manifest', ...), 'healthz', or 'unknown'."""
-        return self._summary[ROUTE]
+    def finished(self) -> Summary:
+        """The summary, once finish() has made it (the observers get it so)."""
+        assert self.summary is not None, "not finished"
+        return self.summary
 
     @property
     def params(self) -> Mapping[str, str]:
         """What the route's pattern matched."""
         matched = match_route(self.environ)
         return matched.params if matched is not None else _NO_PARAMS
-
-    @property
-    def _summary(self) -> Summary:
-        assert self.summary is not None, "not finished"
-        return self.summary
 
     def header(self, name: str) -> str | None:
         """A response header, or None."""
