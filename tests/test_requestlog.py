@@ -318,8 +318,11 @@ def test_what_is_kept_of_a_finished_request_is_not_tracked_by_the_garbage_collec
 def test_a_request_is_current_from_its_call_until_the_server_closes_its_answer() -> None:
     """The exchange is made current once, when the app is called, and stays so while the
     server sends the body (the app's code runs then) until it closes the answer; an app
-    that raises ends it at once. Either way nothing of it is left in the thread."""
+    that raises ends it at once. Either way nothing of it is left in the thread, even
+    when an answer before it was never closed (a server that forgot, or a test)."""
     seen: list[str | None] = []
+    RequestLog(lambda environ, start: [])(EnvironBuilder().get_environ(), lambda *_: None)
+    assert current_exchange() is not None  # never closed
 
     def body() -> Iterator[bytes]:
         exchange = current_exchange()

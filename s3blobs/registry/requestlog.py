@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote
@@ -79,7 +79,6 @@ class Exchange:
     __slots__ = (
         "_observers",
         "_start_response",
-        "_token",
         "body",
         "bytes_in",
         "bytes_out",
@@ -112,7 +111,6 @@ class Exchange:
         self.summary: Summary | None = None
         self._start_response = start_response or _not_served
         self._observers = observers
-        self._token: Token[Exchange | None] | None = None
 
     def finish(self) -> Summary:
         """The answer is sent: note how long it took, who asked (authentication has run)
@@ -211,14 +209,12 @@ class Exchange:
                     except Exception:
                         # Watching the registry must never break it.
                         log.exception("observer %r failed", observe)
-            token = self._token
-            if token is not None:
-                self._token = None
-                # try/except, not contextlib.suppress: a context manager a request less.
-                try:  # noqa: SIM105
-                    _current.reset(token)
-                except ValueError:  # closed from another context (by garbage collection)
-                    pass
+            # Cleared, not reset to what was current before: a thread serves one request
+            # at a time, so that could only be an answer its server never closed, and
+            # it would be current again for good. Only if it is this one: a server that
+            # closed it from another thread must not clear the request served there.
+            if _current.get() is self:
+                _current.set(None)
 
 
 class _NumberText(dict[int, str]):
@@ -306,11 +302,11 @@ class RequestLog:
             "HTTP_TRANSFER_ENCODING"
         ):
             environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], exchange)
-        # Current from here until the server closes the answer (Exchange.close resets
+        # Current from here until the server closes the answer (Exchange.close clears
         # it): the app's code that runs as a streamed body is sent, and close(), are
         # served by the same thread, in the same context. Set once a request, not again
         # around each part.
-        exchange._token = _current.set(exchange)
+        _current.set(exchange)
         try:
             exchange.body = self.app(environ, exchange.start_response)
         except BaseException:
