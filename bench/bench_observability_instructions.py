@@ -24,8 +24,8 @@ descriptor cache is kept an hour (S3BLOBS_CACHE_TTL): at its 60 s a run's blob w
 looked up in S3 again, once or twice, unevenly between runs: S3 requests (botocore's
 work) in some runs and not in others.
 
-Two runs of the whole benchmark of the same code still differ, by up to a few thousand
-instructions a request (BENCHMARKS.md has two): compare runs, not single figures.
+Two runs of the whole benchmark of the same code still differ, by several thousand
+instructions a request (BENCHMARKS.md has the counts): compare runs, not single figures.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from urllib.parse import parse_qsl, quote
 from .auth.wsgi import IDENTITY
 from .context import REQUEST_ID_HEADER, request_id
 from .routes import HEALTH_PATH, match_route
-from .routes import ROUTE as _MATCHED
 
 ACCESS_LOG = logging.getLogger("s3blobs.access")
 log = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ USER: Final = 10
 ROUTE: Final = 11
 
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
-_UNMATCHED = object()  # no route looked up yet
 
 
 class Exchange:
@@ -117,10 +115,7 @@ class Exchange:
         and the route, and sum it up."""
         environ = self.environ
         name = getattr(environ.get(IDENTITY), "name", None)
-        # Matched by routing already, kept in the environ (looked up here: a call less).
-        matched = environ.get(_MATCHED, _UNMATCHED)
-        if matched is _UNMATCHED:
-            matched = match_route(environ)
+        matched = match_route(environ)  # matched by routing already, kept in the environ
         path = environ.get("PATH_INFO", "") or "/"
         if matched is not None:
             route = matched.route.name
