@@ -223,7 +223,7 @@ def test_a_summary_that_cannot_be_rendered_costs_only_its_own_line_of_a_run(
     try:
         good = _access_summary()
         for item in (good, ("not", "a", "summary"), good):
-            handler.write_access_line(item)  # type: ignore[attr-defined]
+            handler.hand_over(item)
         handler.flush()
     finally:
         uninstall_logging(handler)

@@ -28,11 +28,13 @@ from .requestlog import (
     PATH,
     QUERY,
     REQUEST_ID,
+    AccessSink,
     Summary,
     access_fields,
     access_message,
     access_record,
     current_exchange,
+    forget_access_sink,
     logged_path,
     msecs,
 )
@@ -145,9 +147,9 @@ class TextFormatter(logging.Formatter):
         [line] = self.format_access_lines([summary])
         return line
 
-    def format_access_lines(self, summaries: Iterable[Summary]) -> list[str]:
-        """format_access of each, in one loop: a line per request, this is most of what
-        the access log costs."""
+    def format_access_lines(self, summaries: Iterable[Summary], end: str = "") -> list[str]:
+        """format_access of each, ``end`` added, in one loop: a line per request, this
+        is most of what the access log costs."""
         lines = []
         start, stamp = self._stamp
         for (
@@ -176,10 +178,10 @@ class TextFormatter(logging.Formatter):
                 f"[{request_id}] {method} {logged} {NUMBER_TEXT[status]} "
                 f"in={NUMBER_TEXT[bytes_in]} out={NUMBER_TEXT[bytes_out]} "
                 f"{NUMBER_TEXT[tenths // 10]}.{DIGITS[tenths % 10]}ms "
-                f"s3={NUMBER_TEXT[s3_requests]} user={user}"
+                f"s3={NUMBER_TEXT[s3_requests]} user={user}{end}"
             )
             # A request id is [A-Za-z0-9._:-] (context._VALID): without a ':' no
-            # pattern can match it.
+            # pattern can match it. (No pattern matches the end, a line's terminator.)
             if suspect or (":" in request_id and _suspect(request_id)):
                 line = scrub(line)
             lines.append(line)
@@ -230,9 +232,9 @@ class JsonFormatter(logging.Formatter):
         line.update(_scrubbed_fields(summary, path))
         return json.dumps(line)
 
-    def format_access_lines(self, summaries: Iterable[Summary]) -> list[str]:
-        """format_access of each."""
-        return [self.format_access(summary) for summary in summaries]
+    def format_access_lines(self, summaries: Iterable[Summary], end: str = "") -> list[str]:
+        """format_access of each, ``end`` added."""
+        return [self.format_access(summary) + end for summary in summaries]
 
     @staticmethod
     def _fields(created: float, msecs: float, levelname: str, name: str) -> dict[str, Any]:
@@ -256,44 +258,49 @@ def _ours(formatter: logging.Formatter | None) -> TextFormatter | JsonFormatter 
 
 
 class _Handler(BatchingHandler):
-    """Ours, so a second install replaces it instead of doubling every line."""
+    """Ours, so a second install replaces it instead of doubling every line; it takes
+    the access lines' summaries themselves (see requestlog.access_sink)."""
 
-    def write_access_line(self, summary: Summary) -> bool:
-        """Hand the finished request's summary over, its line to be formatted when the
-        batch is written (as format() would write its record; by the formatter's
-        format() itself when it is not one of ours), unless this handler was given
-        another filter or level: False, then."""
-        if (
-            self.level > logging.INFO
-            # install_logging's RequestIdFilter only: the summary has the id it adds
-            or len(self.filters) != 1
-            or type(self.filters[0]) is not RequestIdFilter
-        ):
-            return False
-        self.hand_over(summary)
-        return True
+    def access_line_sink(self) -> AccessSink | None:
+        """``hand_over``, that gathers a finished request's summary, its line to be
+        formatted when the batch is written; None while this handler has another level
+        or filter than install_logging gave it (the access line is a record, then)."""
+        return self.hand_over if self._as_installed() else None
+
+    def _as_installed(self) -> bool:
+        # install_logging's RequestIdFilter only: the summary has the id it adds.
+        filters = self.filters
+        return (
+            self.level <= logging.INFO and len(filters) == 1 and type(filters[0]) is RequestIdFilter
+        )
+
+    def _write(self) -> None:
+        super()._write()
+        # Each batch, the access lines' way is decided again: a handler added since
+        # gets the next batch's (requestlog.access_sink).
+        forget_access_sink()
 
     def render(self, item: object) -> str:
-        """An access line handed over by write_access_line, formatted."""
+        """An access line handed over, formatted as format() would its record (by the
+        formatter's own format() when it is not one of ours); the level and filters this
+        handler was given since it was handed over judge the record ("" if refused)."""
         assert type(item) is tuple
         formatter = _ours(self.formatter)
-        if formatter is not None:
+        if formatter is not None and self._as_installed():
             return formatter.format_access(item) + self.terminator
-        # Not one of ours (given before the line was gathered, or since): it gets the record.
-        return self.format(access_record(item)) + self.terminator
+        record = access_record(item)
+        if record.levelno < self.level or not self.filter(record):
+            return ""
+        return self.format(record) + self.terminator
 
     def render_run(self, items: list[Any]) -> list[str]:
         """Access lines handed over one after another, formatted in one go."""
         formatter = _ours(self.formatter)
-        if formatter is not None:
+        if formatter is not None and self._as_installed():
             try:
-                lines = formatter.format_access_lines(items)
+                return formatter.format_access_lines(items, self.terminator)
             except Exception:
                 pass  # one at a time, then: only a line that cannot be rendered is lost
-            else:
-                # The run as one text: its lines and their terminators joined in C.
-                end = self.terminator
-                return [end.join(lines) + end] if lines else []
         return super().render_run(items)
 
 
@@ -310,6 +317,7 @@ def install_logging(settings: OperationsSettings, stream: TextIO | None = None) 
     handler.setLevel(settings.log_level)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    forget_access_sink()
     for name in QUIET_LIBRARIES:
         library = logging.getLogger(name)
         library.setLevel(max(settings.log_level, logging.WARNING))
@@ -322,4 +330,5 @@ def install_logging(settings: OperationsSettings, stream: TextIO | None = None) 
 def uninstall_logging(handler: logging.Handler) -> None:
     """Remove the handler, after writing the lines it still holds."""
     logging.getLogger().removeHandler(handler)
+    forget_access_sink()
     handler.close()

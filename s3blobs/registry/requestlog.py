@@ -10,6 +10,12 @@ the answer went out, so no client waits for it.
 Nothing here reads a header value into the log: the path is logged with only
 the query parameters the registry API defines, so no token or signature a
 client puts in a URL is ever written.
+
+Where the access line goes is decided once a batch, not once a request: the logger's
+level per request (as ``logger.info`` would), the handlers that would receive it once
+(:func:`access_sink`), until the handler that takes the lines writes them (at most its
+``max_delay`` later), which has it decided again. A handler added to the access
+logger's way meanwhile gets the lines of the next batch on.
 """
 
 from __future__ import annotations
@@ -162,7 +168,7 @@ class Exchange:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Any:
-        self.status = int(status[:3])
+        self.status = STATUS_CODE[status]
         self.headers = headers
         # The layers inside spell the header as REQUEST_ID_HEADER does, and add it
         # last but for the security headers: looked for from the end.
@@ -195,9 +201,7 @@ class Exchange:
             if self.summary is None:
                 summary = self.finish()
                 if ACCESS_LOG.isEnabledFor(logging.INFO):
-                    write = getattr(_sole_handler(), "write_access_line", None)
-                    if write is None or not write(summary):
-                        ACCESS_LOG.handle(access_record(summary))
+                    _sink(summary)
                 for observe in self._observers:
                     try:
                         observe(self)
@@ -222,6 +226,21 @@ class _NumberText(dict[int, str]):
 
 
 NUMBER_TEXT = _NumberText((number, str(number)) for number in range(1000))
+
+
+class _StatusCode(dict[str, int]):
+    """The code of a WSGI status line (``"404 NOT FOUND"``: 404), looked up: an app
+    answers with a few lines, over and over, and parsing one costs five times as much.
+    Remembered up to a bound (a status line is the app's, not the client's)."""
+
+    def __missing__(self, status: str) -> int:
+        code = int(status[:3])
+        if len(self) < 256:
+            self[status] = code
+        return code
+
+
+STATUS_CODE = _StatusCode()
 DIGITS = "0123456789"
 
 
@@ -339,12 +358,48 @@ def _not_served(status: str, headers: list[tuple[str, str]], exc_info: Any = Non
     raise RuntimeError("an Exchange made without RequestLog has no server to answer")
 
 
+#: What takes a finished request's summary for its access line.
+AccessSink = Callable[[Summary], object]
+
+
+def _as_record(summary: Summary) -> None:
+    """The access line as a record, for every handler on the access logger's way."""
+    ACCESS_LOG.handle(access_record(summary))
+
+
+def _deciding(summary: Summary) -> None:
+    """The sink while none is decided: decides (access_sink), and passes this one on."""
+    access_sink()(summary)
+
+
+_sink: AccessSink = _deciding
+
+
+def access_sink() -> AccessSink:
+    """What takes the summaries of finished requests, until :func:`forget_access_sink`:
+    when the access record would reach one handler only, unfiltered by its logger,
+    what that handler's ``access_line_sink()`` gives, if it has one (install_logging's
+    takes the summary itself, while it writes access lines unfiltered: a LogRecord and
+    logging's dispatch through three loggers were most of what a line cost); else a
+    record of each, for whoever listens."""
+    global _sink
+    handler_sink = getattr(_sole_handler(), "access_line_sink", None)
+    sink = handler_sink() if handler_sink is not None else None
+    _sink = sink if sink is not None else _as_record
+    return _sink
+
+
+def forget_access_sink() -> None:
+    """Have the next access line decide its way again (access_sink): the handler that
+    takes them calls this when it writes a batch, and install_logging when it
+    installs or removes one."""
+    global _sink
+    _sink = _deciding
+
+
 def _sole_handler() -> logging.Handler | None:
     """The handler an access record would reach, when it would reach that one only,
-    unfiltered by its logger. Such a handler may write the line straight from the
-    entry (``write_access_line``, install_logging's handler does): a LogRecord
-    and logging's dispatch through three loggers were most of what a line cost. When
-    anyone else listens (a handler added anywhere on the way), the record is made."""
+    unfiltered by its logger."""
     logger: logging.Logger | None = ACCESS_LOG
     if ACCESS_LOG.filters or ACCESS_LOG.disabled:
         return None
