@@ -137,7 +137,27 @@ def errors(response: TestResponse) -> list[dict[str, Any]]:
 
 
 def send(client: Client, method: str, path: str, headers: dict[str, str]) -> TestResponse:
-    return client.open(path, method=method, headers=headers, data=b"")
+    """The answer, which carries one request id, whoever made it (the handler, a layer
+    that refused the request, or the request log outside them all)."""
+    response = client.open(path, method=method, headers=headers, data=b"")
+    assert len(response.headers.getlist("X-Request-Id")) == 1, (method, path, response.headers)
+    return response
+
+
+def test_answers_made_by_each_layer_carry_one_request_id(client: Client) -> None:
+    malformed = client.put("/v2/acl/app/manifests/v1", environ_overrides={"CONTENT_LENGTH": "x"})
+    assert malformed.status_code == 400  # refused by hardening, outside authentication
+    assert len(malformed.headers.getlist("X-Request-Id")) == 1
+    cases = [
+        ("GET", "/healthz", {}, None),  # the health layer
+        ("GET", "/v2/acl/app/tags/list", {}, 401),  # authentication's challenge
+        ("GET", "/v2/acl/app/tags/list", as_user("pusher"), 403),  # authorization
+        ("GET", "/v2/acl/app/tags/list", as_user("puller"), 404),  # the registry app
+        ("GET", "/v2/nothing/here", as_user("admin"), 404),  # no route
+    ]
+    for method, path, headers, status in cases:
+        response = send(client, method, path, headers)
+        assert status is None or response.status_code == status, (path, response.data)
 
 
 def test_every_handler_is_in_the_route_table() -> None:

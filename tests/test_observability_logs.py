@@ -286,12 +286,62 @@ def test_access_lines_are_formatted_by_the_formatter_the_handler_has_when_it_wri
         handler.flush()
         client.get("/v2/", headers={"X-Request-Id": "c"})
         handler.setFormatter(logging.Formatter("%(request_id)s|%(message)s"))
-        client.get("/v2/", headers={"X-Request-Id": "d"})  # gathered as a formatted record
+        client.get("/v2/", headers={"X-Request-Id": "d"})  # the same batch as c
     a, b, c, d = stream.getvalue().splitlines()
     assert TEXT_ACCESS_LINE.fullmatch(a) and "[a] GET /v2/ 200 in=0 out=2 " in a
     assert json.loads(b)["request_id"] == "b" and json.loads(b)["path"] == "/v2/"
     assert c.startswith("c|GET /v2/ 200 in=0 out=2 ")  # by the record, as format() would
     assert d.startswith("d|GET /v2/ 200 in=0 out=2 ")
+
+
+def test_a_handler_added_on_the_access_logs_way_gets_its_lines_from_the_next_batch_on(
+    storage: S3BlobStorage,
+) -> None:
+    """Where access lines go is decided once a batch: a handler added while one gathers
+    gets the lines after it is written, and none is lost to the handler that took them."""
+    stream = io.StringIO()
+    handler = install_logging(OperationsSettings(), stream)
+    client = BufferedClient(make_app(storage))
+    kept: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(getattr(record, "request_id", "?"))
+
+    keep = Keep()
+    with alone_on_the_access_log(handler):
+        client.get("/v2/", headers={"X-Request-Id": "a"})
+        logging.getLogger("s3blobs.access").addHandler(keep)
+        try:
+            client.get("/v2/", headers={"X-Request-Id": "b"})  # a's batch: taken by ours
+            assert kept == [] and len(handler._handed_over) == 2
+            handler.flush()  # the batch is written: the next line finds its way again
+            client.get("/v2/", headers={"X-Request-Id": "c"})
+            handler.flush()
+        finally:
+            logging.getLogger("s3blobs.access").removeHandler(keep)
+    assert kept == ["c"]
+    written = [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
+    assert written == ["a", "b", "c"]
+
+
+def test_a_level_or_filter_given_to_the_handler_judges_lines_already_handed_over(
+    storage: S3BlobStorage,
+) -> None:
+    stream = io.StringIO()
+    handler = install_logging(OperationsSettings(), stream)
+    client = BufferedClient(make_app(storage))
+    with alone_on_the_access_log(handler):
+        for request_id in ("a", "b"):
+            client.get("/v2/", headers={"X-Request-Id": request_id})
+        handler.addFilter(lambda record: getattr(record, "request_id", "") != "a")
+        handler.flush()  # a and b were handed over before the filter: it judges them now
+        client.get("/v2/", headers={"X-Request-Id": "a"})  # a record now, refused
+        client.get("/v2/", headers={"X-Request-Id": "c"})
+        handler.setLevel(logging.WARNING)
+        client.get("/v2/", headers={"X-Request-Id": "d"})  # refused by the level
+    written = [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
+    assert written == ["b", "c"]
 
 
 def test_a_request_is_finished_once_the_server_has_sent_its_answer() -> None:

@@ -40,7 +40,7 @@ from ..writer import S3BlobWriter
 from .auth.settings import SecuritySettings
 from .auth.wsgi import Authentication, Authorization
 from .catalog import catalog
-from .context import REQUEST_ID_HEADER, request_id
+from .context import REQUEST_ID_ADDED, REQUEST_ID_HEADER, request_id
 from .errors import (
     API_VERSION,
     RegistryError,
@@ -104,7 +104,8 @@ class RegistryApp:
             response = error.response(request.method)
         for header, value in API_VERSION.items():
             response.headers.setdefault(header, value)
-        response.headers[REQUEST_ID_HEADER] = rid
+        if REQUEST_ID_ADDED not in environ:
+            response.headers[REQUEST_ID_HEADER] = rid
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:

@@ -14,6 +14,10 @@ from typing import Any
 
 REQUEST_ID = "s3blobs.request_id"
 REQUEST_ID_HEADER = "X-Request-Id"
+#: In the environ when a layer outside (RequestLog) adds REQUEST_ID_HEADER to every
+#: answer: the layers inside then leave it out (set by werkzeug, a header costs a search
+#: of the others; and a second one would repeat it).
+REQUEST_ID_ADDED = "s3blobs.request_id_added"
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Not uuid4: it asks the kernel for randomness (a getrandom syscall that releases the
 # GIL) on every request. The random module's generator needs no syscall, and it
@@ -31,3 +35,4 @@ def request_id(environ: dict[str, Any]) -> str:
         rid = sent if sent and _VALID.fullmatch(sent) else _random_bits(128).to_bytes(16).hex()
         environ[REQUEST_ID] = rid
     return rid
+

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .context import REQUEST_ID_HEADER, request_id
+from .context import REQUEST_ID_ADDED, REQUEST_ID_HEADER, request_id
 from .errors import RegistryError
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -31,7 +31,8 @@ def answer(
 ) -> Iterable[bytes]:
     """Answer with the spec's JSON error body, as the registry app itself would."""
     response = error.response(environ.get("REQUEST_METHOD", "GET"))
-    response.headers[REQUEST_ID_HEADER] = request_id(environ)
+    if REQUEST_ID_ADDED not in environ:
+        response.headers[REQUEST_ID_HEADER] = request_id(environ)
     result: Iterable[bytes] = response(environ, start_response)
     return result
 

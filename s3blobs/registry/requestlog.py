@@ -30,7 +30,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, quote
 
 from .auth.wsgi import IDENTITY
-from .context import REQUEST_ID_HEADER, request_id
+from .context import REQUEST_ID_ADDED, REQUEST_ID_HEADER, request_id
 from .routes import HEALTH_PATH, match_route
 
 ACCESS_LOG = logging.getLogger("s3blobs.access")
@@ -170,13 +170,7 @@ class Exchange:
     ) -> Any:
         self.status = STATUS_CODE[status]
         self.headers = headers
-        # The layers inside spell the header as REQUEST_ID_HEADER does, and add it
-        # last but for the security headers: looked for from the end.
-        for key, _ in reversed(headers):
-            if key == REQUEST_ID_HEADER:
-                break
-        else:
-            headers.append((REQUEST_ID_HEADER, self.id))
+        headers.append((REQUEST_ID_HEADER, self.id))  # the layers inside leave it to us
         return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -312,6 +306,7 @@ class RequestLog:
         # leaves no reference cycle, and its memory is freed at once, not by the
         # cyclic garbage collector.
         exchange = Exchange(environ, start_response, self.observers)
+        environ[REQUEST_ID_ADDED] = True  # by start_response
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get(
             "HTTP_TRANSFER_ENCODING"
         ):
