@@ -105,7 +105,7 @@ class RegistryApp:
         for header, value in API_VERSION.items():
             response.headers.setdefault(header, value)
         if REQUEST_ID_ADDED not in environ:
-            response.headers[REQUEST_ID_HEADER] = rid
+            response.headers.add(REQUEST_ID_HEADER, rid)  # no answer has one: not set()
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:

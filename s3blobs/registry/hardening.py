@@ -32,7 +32,7 @@ def answer(
     """Answer with the spec's JSON error body, as the registry app itself would."""
     response = error.response(environ.get("REQUEST_METHOD", "GET"))
     if REQUEST_ID_ADDED not in environ:
-        response.headers[REQUEST_ID_HEADER] = request_id(environ)
+        response.headers.add(REQUEST_ID_HEADER, request_id(environ))
     result: Iterable[bytes] = response(environ, start_response)
     return result
 
