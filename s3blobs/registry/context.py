@@ -35,4 +35,3 @@ def request_id(environ: dict[str, Any]) -> str:
         rid = sent if sent and _VALID.fullmatch(sent) else _random_bits(128).to_bytes(16).hex()
         environ[REQUEST_ID] = rid
     return rid
-

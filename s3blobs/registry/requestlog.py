@@ -220,6 +220,7 @@ class _NumberText(dict[int, str]):
 
 
 NUMBER_TEXT = _NumberText((number, str(number)) for number in range(1000))
+DIGITS = "0123456789"
 
 
 class _StatusCode(dict[str, int]):
@@ -235,7 +236,6 @@ class _StatusCode(dict[str, int]):
 
 
 STATUS_CODE = _StatusCode()
-DIGITS = "0123456789"
 
 
 def access_message(summary: Summary, logged: str | None = None) -> str:
