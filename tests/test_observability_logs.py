@@ -301,7 +301,7 @@ def test_a_handler_added_on_the_access_logs_way_gets_its_lines_from_the_next_bat
     gets the lines after it is written, and none is lost to the handler that took them."""
     stream = io.StringIO()
     handler = install_logging(OperationsSettings(), stream)
-    handler.max_delay = 60  # type: ignore[attr-defined] (written by the test's flushes only)
+    handler.max_delay = 60  # type: ignore[attr-defined]  # no flusher between the requests
     client = BufferedClient(make_app(storage))
     kept: list[str] = []
 
@@ -331,7 +331,7 @@ def test_a_level_or_filter_given_to_the_handler_judges_lines_already_handed_over
 ) -> None:
     stream = io.StringIO()
     handler = install_logging(OperationsSettings(), stream)
-    handler.max_delay = 60  # type: ignore[attr-defined] (written by the test's flushes only)
+    handler.max_delay = 60  # type: ignore[attr-defined]  # no flusher between the requests
     client = BufferedClient(make_app(storage))
     with alone_on_the_access_log(handler):
         for request_id in ("a", "b"):
