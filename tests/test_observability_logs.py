@@ -294,6 +294,11 @@ def test_access_lines_are_formatted_by_the_formatter_the_handler_has_when_it_wri
     assert d.startswith("d|GET /v2/ 200 in=0 out=2 ")
 
 
+def request_ids_written(stream: io.StringIO) -> list[str]:
+    """The request id of each line written to ``stream``, in order."""
+    return [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
+
+
 def test_a_handler_added_on_the_access_logs_way_gets_its_lines_from_the_next_batch_on(
     storage: S3BlobStorage,
 ) -> None:
@@ -322,8 +327,7 @@ def test_a_handler_added_on_the_access_logs_way_gets_its_lines_from_the_next_bat
         finally:
             logging.getLogger("s3blobs.access").removeHandler(keep)
     assert kept == ["c"]
-    written = [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
-    assert written == ["a", "b", "c"]
+    assert request_ids_written(stream) == ["a", "b", "c"]
 
 
 def test_a_level_or_filter_given_to_the_handler_judges_lines_already_handed_over(
@@ -342,8 +346,7 @@ def test_a_level_or_filter_given_to_the_handler_judges_lines_already_handed_over
         client.get("/v2/", headers={"X-Request-Id": "c"})
         handler.setLevel(logging.WARNING)
         client.get("/v2/", headers={"X-Request-Id": "d"})  # refused by the level
-    written = [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
-    assert written == ["b", "c"]
+    assert request_ids_written(stream) == ["b", "c"]
 
 
 def test_a_request_is_finished_once_the_server_has_sent_its_answer() -> None:
